@@ -1,0 +1,1 @@
+"""Presence-consent service for XMPP: domain actions, notifications and the XEP-0114 component."""

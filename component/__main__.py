@@ -1,0 +1,134 @@
+"""`python -m component --config FILE`: the composition root.
+
+Builds storage, actions, the XMPP component and the REST bridge, and runs them
+on one event loop until SIGINT/SIGTERM. This is the one module that imports
+both the component and the HTTP bridge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from component.actions import Identity, PresenceSharing
+from component.clock import Clock
+from component.config import Config, ConfigError, load_config
+from component.delivery import OutboxDispatcher
+from component.login import XmppPasswordVerifier
+from component.xmpp import PresenceComponent
+from http_bridge import Services, build_app
+from storage import Database, SchemaTooNew
+
+log = logging.getLogger("component")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # slixmpp logs every stanza at DEBUG, including the SASL exchange of login
+    # checks (the password, base64-encoded): never let it go below INFO.
+    logging.getLogger("slixmpp").setLevel(max(logging.INFO, logging.getLogger().level))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Service:
+    """Everything the process runs, wired together."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or Clock()
+        self.db = Database(config.storage.path)
+        served = config.component.served_domains()
+        verifier = XmppPasswordVerifier(
+            config.auth.c2s_host,
+            config.auth.c2s_port,
+            config.auth.c2s_allow_plaintext,
+            config.auth.login_timeout_s,
+            config.auth.max_concurrent_logins,
+        )
+        self.identity = Identity(self.db, self.clock, served, verifier, config.auth.token_ttl_s)
+        self.sharing = PresenceSharing(
+            self.db, self.clock, served, self._outbox_written, config.limits.max_pending_sent
+        )
+        self.xmpp = PresenceComponent(
+            config.component, self.identity, self.sharing, config.limits.max_page_size
+        )
+        self.dispatcher = OutboxDispatcher(self.db, self.xmpp)
+        self.xmpp.dispatcher = self.dispatcher
+        self.app = build_app(
+            Services(self.identity, self.sharing, self.health, config.limits.max_page_size),
+            config.http.max_body_bytes,
+        )
+        self._runner: web.AppRunner | None = None
+
+    def _outbox_written(self) -> None:
+        self.dispatcher.wake()
+
+    async def health(self) -> tuple[bool, dict[str, str]]:
+        storage_ok = await self.db.ping()
+        status = self.xmpp.status()
+        body = {"xmpp": status["xmpp"], "storage": "ok" if storage_ok else "error", "roster": status["roster"]}
+        return storage_ok and status["xmpp"] == "connected", body
+
+    async def start(self) -> None:
+        await self.db.open()
+        self.dispatcher.start()
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+        await site.start()
+        log.info("http bridge listening on http://%s:%d", self.config.http.host, self.config.http.port)
+        self.xmpp.start()
+
+    async def stop(self) -> None:
+        await self.xmpp.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.dispatcher.stop()
+        await self.db.close()
+        log.info("stopped")
+
+
+async def run(config: Config) -> None:
+    service = Service(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    await stop.wait()
+    log.info("shutting down")
+    await service.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m component", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="path to the TOML configuration file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.logging.level)
+    try:
+        asyncio.run(run(config))
+    except SchemaTooNew as exc:
+        log.error("%s; refusing to start", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

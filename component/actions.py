@@ -1,0 +1,290 @@
+"""Domain actions: the rules, run identically for XMPP stanzas and REST calls.
+
+Each state change is one transaction that also writes the outbox rows announcing
+it; `on_commit` then wakes the outbox dispatcher. Actions raise DomainErrors
+(component.errors) and never build XML or HTTP responses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import replace
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import aiosqlite
+
+from component.clock import Clock
+from component.commands import (
+    CreatePresenceRequest,
+    ListPresenceRequests,
+    Transition,
+    TransitionPresenceRequest,
+)
+from component.errors import (
+    BadRequest,
+    Duplicate,
+    Forbidden,
+    LimitReached,
+    NotFound,
+    Unauthorized,
+    WrongState,
+)
+from component.model import (
+    BareJid,
+    Page,
+    PresenceRequest,
+    RequestId,
+    RequestStatus,
+    User,
+    jid_domain,
+    new_object_id,
+    parse_bare_jid,
+)
+from component.notifications import (
+    Notification,
+    handshake_messages,
+    roster_item,
+    subscription_for,
+)
+from storage import Database
+from storage import outbox, presence_requests, tokens, users
+
+log = logging.getLogger(__name__)
+
+
+class PasswordVerifier(Protocol):
+    async def verify(self, jid: BareJid, password: str) -> bool:
+        """True if the XMPP server accepts the password; raises ServiceUnavailable if unreachable."""
+
+
+async def write_outbox(
+    tx: aiosqlite.Connection, notifications: Iterable[Notification], now_ms: int
+) -> None:
+    for n in notifications:
+        await outbox.add(tx, n.kind, n.recipient, n.payload, now_ms)
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class Identity:
+    """Who the caller is: XMPP senders, logins and tokens."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        served_domains: frozenset[str],
+        verifier: PasswordVerifier,
+        token_ttl_s: int,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.served_domains = served_domains
+        self.verifier = verifier
+        self.token_ttl_ms = token_ttl_s * 1000
+
+    def check_served(self, jid: BareJid) -> None:
+        if jid_domain(jid) not in self.served_domains:
+            raise Forbidden(f"users of {jid_domain(jid)} are not served here")
+
+    async def user_for_jid(self, jid: BareJid) -> User:
+        """The user behind a stanza's (server-stamped) sender, created on first sight."""
+        self.check_served(jid)
+        user = await users.by_jid(self.db.reader, jid)
+        if user is not None:
+            return user
+        async with self.db.transaction() as tx:
+            return await users.get_or_create(tx, jid, self.clock.now_ms())
+
+    async def login(self, jid_text: str, password: str) -> tuple[str, User]:
+        """Verify the password against the XMPP server (never stored) and issue a token."""
+        try:
+            jid = parse_bare_jid(jid_text, "login")
+        except BadRequest as exc:
+            raise Unauthorized("invalid login or password") from exc
+        self.check_served(jid)
+        if not password or not await self.verifier.verify(jid, password):
+            log.info("login refused for %s", jid)
+            raise Unauthorized("invalid login or password")
+        token = secrets.token_urlsafe(32)
+        now = self.clock.now_ms()
+        async with self.db.transaction() as tx:
+            user = await users.get_or_create(tx, jid, now)
+            await tokens.insert(tx, _token_hash(token), user.id, now, now + self.token_ttl_ms)
+            await tokens.purge_expired(tx, now)
+        log.info("login accepted for %s (user %s)", jid, user.id)
+        return token, user
+
+    async def authenticate(self, token: str | None) -> User:
+        if not token:
+            raise Unauthorized("missing token")
+        user = await tokens.user_for(self.db.reader, _token_hash(token), self.clock.now_ms())
+        if user is None:
+            raise Unauthorized("invalid or expired token")
+        return user
+
+    async def logout(self, token: str) -> None:
+        async with self.db.transaction() as tx:
+            await tokens.delete(tx, _token_hash(token))
+
+
+# Which party may apply a transition, from which state, and what it announces.
+_RULES: dict[Transition, tuple[str, RequestStatus, RequestStatus, str]] = {
+    # transition: (party, required status, resulting status, message action)
+    Transition.ACCEPT: ("receiver", RequestStatus.PENDING, RequestStatus.ACCEPTED, "update"),
+    Transition.DECLINE: ("receiver", RequestStatus.PENDING, RequestStatus.DECLINED, "delete"),
+    Transition.CANCEL: ("sender", RequestStatus.PENDING, RequestStatus.CANCELED, "delete"),
+    Transition.INTERRUPT: ("receiver", RequestStatus.ACCEPTED, RequestStatus.INTERRUPTED, "delete"),
+}
+
+
+class PresenceSharing:
+    """Family 1: user A asks user B to share B's presence; B accepts, declines or stops."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        served_domains: frozenset[str],
+        on_commit: Callable[[], None] = lambda: None,
+        max_pending_sent: int = 1000,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.served_domains = served_domains
+        self.on_commit = on_commit
+        self.max_pending_sent = max_pending_sent
+
+    async def create(self, cmd: CreatePresenceRequest) -> PresenceRequest:
+        now = self.clock.now_ms()
+        async with self.db.transaction() as tx:
+            if cmd.to_jid is not None:
+                if jid_domain(cmd.to_jid) not in self.served_domains:
+                    raise BadRequest(f"toJid must be a user of a served domain, not {cmd.to_jid}")
+                target = await users.get_or_create(tx, cmd.to_jid, now)
+            else:
+                assert cmd.to_user_id is not None
+                found = await users.by_id(tx, cmd.to_user_id)
+                if found is None:
+                    raise NotFound(f"user {cmd.to_user_id} not found")
+                target = found
+            if target.id == cmd.caller.id:
+                raise BadRequest("cannot ask yourself to share presence")
+            if await presence_requests.link_exists(tx, cmd.caller.id, target.id):
+                raise Duplicate(f"a pending or accepted request to {target.jid} already exists")
+            if await presence_requests.count_pending_sent(tx, cmd.caller.id) >= self.max_pending_sent:
+                raise LimitReached(
+                    f"at most {self.max_pending_sent} pending requests may be sent at once"
+                )
+            request = PresenceRequest(
+                id=RequestId(new_object_id()),
+                from_user=cmd.caller,
+                to_user=target,
+                status=RequestStatus.PENDING,
+                request_date=now,
+            )
+            await presence_requests.insert(tx, request)
+            await write_outbox(tx, handshake_messages(request, "create", "pending"), now)
+        log.info(
+            "presence request %s created: %s asks %s", request.id, request.from_user.jid, target.jid
+        )
+        self.on_commit()
+        return request
+
+    async def transition(self, cmd: TransitionPresenceRequest) -> PresenceRequest:
+        party, required, result, action = _RULES[cmd.transition]
+        now = self.clock.now_ms()
+        async with self.db.transaction() as tx:
+            request = await self._visible(tx, cmd.caller, cmd.request_id)
+            actor = request.to_user if party == "receiver" else request.from_user
+            if actor.id != cmd.caller.id:
+                raise Forbidden(f"only the request's {party} may {cmd.transition.value} it")
+            if request.status != required:
+                raise WrongState(
+                    f"request {request.id} is {request.status.value}; "
+                    f"{cmd.transition.value} needs it {required.value}"
+                )
+            if cmd.transition is Transition.ACCEPT:
+                changed = await presence_requests.mark_accepted(tx, request.id, now)
+            else:
+                changed = await presence_requests.delete_in_status(tx, request.id, required)
+            if not changed:  # lost a race that the lock should already prevent
+                raise WrongState(f"request {request.id} changed meanwhile")
+            done = _with_status(request, result, now)
+            notes = handshake_messages(done, action, result.value)
+            if cmd.transition in (Transition.ACCEPT, Transition.INTERRUPT):
+                notes += await self._roster_changes(tx, done)
+            await write_outbox(tx, notes, now)
+        log.info(
+            "presence request %s %s by %s (%s -> %s)",
+            request.id,
+            result.value,
+            cmd.caller.jid,
+            request.from_user.jid,
+            request.to_user.jid,
+        )
+        self.on_commit()
+        return done
+
+    async def get(self, caller: User, request_id: RequestId) -> PresenceRequest:
+        return await self._visible(self.db.reader, caller, request_id)
+
+    async def list(self, cmd: ListPresenceRequests) -> Page[PresenceRequest]:
+        after = None
+        if cmd.after is not None:
+            anchor = await self._visible(self.db.reader, cmd.caller, cmd.after)
+            after = (anchor.request_date, anchor.id)
+        items, total = await presence_requests.list_for(
+            self.db.reader,
+            cmd.caller.id,
+            cmd.box,
+            cmd.statuses,
+            cmd.limit,
+            cmd.offset,
+            cmd.descending,
+            after,
+        )
+        return Page(items=items, total=total, limit=cmd.limit, offset=cmd.offset)
+
+    async def _visible(
+        self, conn: aiosqlite.Connection, caller: User, request_id: RequestId
+    ) -> PresenceRequest:
+        """The request, if the caller is one of its two parties; 404 otherwise (no oracle)."""
+        request = await presence_requests.get(conn, request_id)
+        if request is None or caller.id not in (request.from_user.id, request.to_user.id):
+            raise NotFound(f"presence request {request_id} not found")
+        return request
+
+    async def _roster_changes(
+        self, tx: aiosqlite.Connection, request: PresenceRequest
+    ) -> list[Notification]:
+        """Roster items after accept/interrupt of `request` (sender sees receiver).
+
+        The sender's item for the receiver has `to` while this direction is
+        accepted; the receiver's item for the sender has `from`. The reverse
+        direction, if accepted, adds the other half (`both`).
+        """
+        sender, receiver = request.from_user, request.to_user
+        forward = request.status is RequestStatus.ACCEPTED
+        reverse = await presence_requests.is_accepted(tx, receiver.id, sender.id)
+        return [
+            roster_item(sender.jid, receiver.jid, subscription_for(forward, reverse)),
+            roster_item(receiver.jid, sender.jid, subscription_for(reverse, forward)),
+        ]
+
+
+def _with_status(request: PresenceRequest, status: RequestStatus, now: int) -> PresenceRequest:
+    dates = {
+        RequestStatus.ACCEPTED: "acceptation_date",
+        RequestStatus.DECLINED: "declination_date",
+        RequestStatus.CANCELED: "cancellation_date",
+    }
+    changes: dict[str, object] = {"status": status}
+    if status in dates:
+        changes[dates[status]] = now
+    return replace(request, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,151 @@
+"""Configuration: one TOML file, every key documented in config.example.toml."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid; the text says which key."""
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    jid: str
+    secret: str
+    server_host: str = "127.0.0.1"
+    server_port: int = 5347
+    domains: tuple[str, ...] = ()
+    # Reconnection backoff (seconds): doubles from reconnect_min_s up to reconnect_max_s.
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    # Outbound IQs (roster sets) in flight at once; every pending IQ costs a
+    # handler that each incoming stanza is matched against.
+    max_concurrent_iqs: int = 20
+    # How long to wait for the server's XEP-0356 advertisement after the handshake.
+    privilege_wait_s: float = 3.0
+
+    def served_domains(self) -> frozenset[str]:
+        if self.domains:
+            return frozenset(d.lower() for d in self.domains)
+        _, _, parent = self.jid.partition(".")
+        return frozenset({parent.lower()})
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: str = "presence.sqlite3"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    admin_token: str = ""
+    c2s_host: str = "127.0.0.1"
+    c2s_port: int = 5222
+    c2s_allow_plaintext: bool = False
+    token_ttl_s: int = 86400
+    login_timeout_s: float = 10.0
+    max_concurrent_logins: int = 8
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # Pending requests one user may have sent and not yet had answered.
+    max_pending_sent: int = 1000
+    # Largest page a list call may ask for.
+    max_page_size: int = 1000
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    component: ComponentConfig
+    http: HttpConfig = field(default_factory=HttpConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+_SECTIONS: dict[str, type] = {
+    "component": ComponentConfig,
+    "http": HttpConfig,
+    "storage": StorageConfig,
+    "auth": AuthConfig,
+    "limits": LimitsConfig,
+    "logging": LoggingConfig,
+}
+
+
+def _section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        expected = known[key].type
+        if expected in ("int",) and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"[{name}] {key} must be an integer")
+        if expected == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise ConfigError(f"[{name}] {key} must be a number")
+        if expected == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"[{name}] {key} must be true or false")
+        if expected == "str" and not isinstance(value, str):
+            raise ConfigError(f"[{name}] {key} must be a string")
+        if expected.startswith("tuple"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[{name}] {key} must be a list of strings")
+            value = tuple(value)
+        values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        missing = [f.name for f in fields(cls) if f.name not in values]
+        raise ConfigError(f"[{name}] is missing required key(s): {', '.join(missing)}") from exc
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s): {', '.join(unknown)}")
+    if "component" not in raw:
+        raise ConfigError("[component] section is required (jid, secret)")
+    built = {name: _section(name, cls, raw[name]) for name, cls in _SECTIONS.items() if name in raw}
+    config = Config(**built)
+    if "." not in config.component.jid or "@" in config.component.jid:
+        raise ConfigError("[component] jid must be a domain such as presence.example.org")
+    if not config.component.secret:
+        raise ConfigError("[component] secret must not be empty")
+    if not config.component.served_domains():
+        raise ConfigError("[component] domains must name at least one domain")
+    if config.auth.token_ttl_s <= 0:
+        raise ConfigError("[auth] token_ttl_s must be positive")
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return parse_config(raw)

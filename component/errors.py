@@ -1,0 +1,80 @@
+"""The one error table.
+
+Every domain error names, once, how it appears on each wire: the XMPP error
+condition and type (RFC 6120 section 8.3), the HTTP status, and the Rainbow
+`errorDetailsCode`. Adapters look the error up here and never re-decide.
+The message given to a domain error is shown to the caller, so it must never
+carry internals (paths, SQL, exception text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class WireError:
+    xmpp_type: str
+    xmpp_condition: str
+    http_status: int
+    rainbow_code: int
+
+    @property
+    def http_reason(self) -> str:
+        return HTTPStatus(self.http_status).phrase
+
+
+class DomainError(Exception):
+    """A refusal the caller caused; its text is safe to show to that caller."""
+
+    wire: ClassVar[WireError]
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(DomainError):
+    wire = WireError("modify", "bad-request", 400, 400000)
+
+
+class Unauthorized(DomainError):
+    wire = WireError("auth", "not-authorized", 401, 401000)
+
+
+class Forbidden(DomainError):
+    wire = WireError("auth", "forbidden", 403, 403100)
+
+
+class NotFound(DomainError):
+    wire = WireError("cancel", "item-not-found", 404, 404001)
+
+
+class Duplicate(DomainError):
+    wire = WireError("cancel", "conflict", 409, 409661)
+
+
+class WrongState(DomainError):
+    wire = WireError("cancel", "conflict", 409, 409663)
+
+
+class PayloadTooLarge(DomainError):
+    wire = WireError("modify", "policy-violation", 413, 413000)
+
+
+class LimitReached(DomainError):
+    wire = WireError("wait", "resource-constraint", 429, 429000)
+
+
+class ServiceUnavailable(DomainError):
+    """A dependency (the XMPP server for logins) cannot be reached right now."""
+
+    wire = WireError("wait", "service-unavailable", 503, 503000)
+
+
+# Used by adapters for failures that are not DomainErrors: logged with their
+# traceback, answered with this fixed text.
+INTERNAL = WireError("wait", "internal-server-error", 500, 500000)
+INTERNAL_TEXT = "Internal error"

@@ -1,0 +1,84 @@
+"""Every workaround for slixmpp 1.17 behaviour, in one place.
+
+Each names the problem and when it can go.
+"""
+
+from __future__ import annotations
+
+from slixmpp import JID, Iq, Message
+from slixmpp.plugins.xep_0356 import stanza as privilege_stanza
+from slixmpp.xmlstream import ET
+
+NS_ROSTER = "jabber:iq:roster"
+NS_PRIVILEGE = "urn:xmpp:privilege:2"
+
+
+def management_message(xmpp, mto: str, mfrom: str, msg_id: str) -> Message:
+    """A `<message type='management'/>`.
+
+    slixmpp's Message silently drops a `type` outside RFC 6120's list when set
+    through the stanza API, so the attribute is written directly. Remove when
+    slixmpp accepts arbitrary message types.
+    """
+    msg = xmpp.make_message(mto=mto, mfrom=mfrom)
+    msg.xml.attrib["type"] = "management"
+    msg["id"] = msg_id
+    return msg
+
+
+def privileged_roster_set(
+    xmpp, owner: str, contact: str, subscription: str, name: str | None, ifrom: str
+) -> Iq:
+    """A roster push into `owner`'s roster (XEP-0356 section 5.2), built by hand.
+
+    slixmpp's `xep_0356.set_roster` checks the *get* privilege instead of *set*
+    (it works only with a grant of `both`) and keeps its grants in a class-level
+    dict shared by every instance. We track grants ourselves (see
+    `PrivilegeGrants`) and build the IQ here. Remove when slixmpp fixes both.
+    """
+    iq = xmpp.make_iq_set(ito=owner, ifrom=ifrom)
+    query = ET.SubElement(iq.xml, f"{{{NS_ROSTER}}}query")
+    item = ET.SubElement(query, f"{{{NS_ROSTER}}}item", {"jid": contact, "subscription": subscription})
+    if name and subscription != "remove":
+        item.attrib["name"] = name
+    return iq
+
+
+class PrivilegeGrants:
+    """Roster grants the server advertised (XEP-0356 section 4), per served domain."""
+
+    def __init__(self) -> None:
+        self.roster: dict[str, str] = {}
+
+    @staticmethod
+    def register_stanzas() -> None:
+        privilege_stanza.register()
+
+    def update(self, msg: Message) -> str | None:
+        """Record an advertisement; returns the domain it came from."""
+        domain = JID(msg["from"]).domain
+        self.roster[domain] = "none"
+        for perm in msg["privilege"]["perms"]:
+            if perm["access"] == "roster":
+                self.roster[domain] = perm["type"] or "none"
+        return domain
+
+    def can_set_roster(self, domain: str) -> bool:
+        return self.roster.get(domain) in ("set", "both")
+
+    def clear(self) -> None:
+        self.roster.clear()
+
+
+def dispose(xmpp) -> None:
+    """Close a short-lived stream object completely.
+
+    `abort()` closes the socket but leaves the send-queue task that `connect()`
+    started running forever (one leaked task per object). Remove when slixmpp
+    cancels it on abort.
+    """
+    xmpp.cancel_connection_attempt()
+    xmpp.abort()
+    task = getattr(xmpp, "_run_out_filters", None)
+    if task is not None and not task.done():
+        task.cancel()

@@ -1,0 +1,391 @@
+"""The XEP-0114 component: the XMPP adapter around the domain actions.
+
+It parses stanzas into commands, calls the actions, and answers; it also
+implements the outbox dispatcher's Transport (management messages, XEP-0356
+roster sets, delivery barrier). It never touches SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from slixmpp import ComponentXMPP, Iq, Message
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream import ET
+from slixmpp.xmlstream.handler import Callback, CoroutineCallback
+from slixmpp.xmlstream.matcher import StanzaPath
+
+from component import stanzas
+from component.actions import Identity, PresenceSharing
+from component.clock import iso_ms
+from component.commands import (
+    CreatePresenceRequest,
+    ListPresenceRequests,
+    Transition,
+    TransitionPresenceRequest,
+    parse_bounded_int,
+    parse_statuses,
+)
+from component.config import ComponentConfig
+from component.delivery import OutboxDispatcher, TransportGone
+from component.errors import INTERNAL, INTERNAL_TEXT, BadRequest, DomainError, Forbidden, WireError
+from component.model import (
+    PresenceRequest,
+    User,
+    parse_bare_jid,
+    parse_request_id,
+)
+from component.slixfix import PrivilegeGrants, management_message, privileged_roster_set
+from component.stanzas import NS_CONFIGURATION
+from storage.outbox import OutboxRow
+
+log = logging.getLogger(__name__)
+
+NS_PING = "urn:xmpp:ping"
+IQ_TIMEOUT_S = 15
+DEFAULT_PAGE = 100
+
+IqHandler = Callable[["PresenceComponent", Iq], Awaitable[Iq]]
+
+
+def answers_errors(handler: IqHandler) -> Callable[["PresenceComponent", Iq], Awaitable[None]]:
+    """The one error boundary for IQ handlers (the slidge pattern).
+
+    Domain errors become their XMPP condition from the error table with their
+    (caller-safe) text; anything else is logged with its traceback and answered
+    `internal-server-error` with fixed text.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(self: PresenceComponent, iq: Iq) -> None:
+        if iq["type"] not in ("get", "set"):
+            return  # results/errors addressed to us that no pending IQ claimed
+        try:
+            reply = await handler(self, iq)
+        except DomainError as exc:
+            log.info(
+                "iq %s from %s refused: %s (%s)",
+                iq["id"], iq["from"], exc.wire.xmpp_condition, exc.detail,
+            )
+            self._send_error(iq, exc.wire, exc.detail)
+        except Exception:
+            log.exception("iq %s from %s: unexpected error", iq["id"], iq["from"])
+            self._send_error(iq, INTERNAL, INTERNAL_TEXT)
+        else:
+            reply.send()
+
+    return wrapper
+
+
+class PresenceComponent(ComponentXMPP):
+    def __init__(
+        self,
+        config: ComponentConfig,
+        identity: Identity,
+        sharing: PresenceSharing,
+        max_page_size: int = 1000,
+    ) -> None:
+        # fix_error_ns: without it slixmpp looks for <error/> in jabber:client and
+        # reports every error from the server as feature-not-implemented.
+        super().__init__(
+            config.jid, config.secret, config.server_host, config.server_port, fix_error_ns=True
+        )
+        self.config = config
+        self.identity = identity
+        self.sharing = sharing
+        self.max_page_size = max_page_size
+        self.served_domains = config.served_domains()
+        self.dispatcher: OutboxDispatcher | None = None
+        self.grants = PrivilegeGrants()
+        self.session_up = False
+        self.privileges_known = False
+        self.roster_status = "unavailable"
+        self._closing = False
+        self._backoff = config.reconnect_min_s
+        self._iq_slots = asyncio.Semaphore(config.max_concurrent_iqs)
+        self._privileges_complete = asyncio.Event()
+        self._roster_warning_logged = False
+
+        PrivilegeGrants.register_stanzas()
+        stanzas.register()
+        self.register_plugin("xep_0030")
+        self.register_plugin("xep_0059")
+        self["xep_0030"].add_identity(category="component", itype="presence", name="Presence consent")
+        self["xep_0030"].add_feature(NS_CONFIGURATION)
+
+        # slixmpp answers probes from its own empty roster with `unsubscribed`,
+        # which would downgrade the rosters we push; we answer nothing instead.
+        self.del_event_handler("presence_probe", self._handle_probe)
+
+        # Registered before connect(): the advertisement follows the handshake at once.
+        self.register_handler(
+            Callback("xep-0356 privileges", StanzaPath("message/privilege"), self.on_privileges)
+        )
+        self.register_handler(
+            CoroutineCallback(
+                "presencehandshake iq", StanzaPath("iq/presencehandshake"), self.on_handshake_iq
+            )
+        )
+        self.register_handler(
+            CoroutineCallback(
+                "presencehandshakes iq", StanzaPath("iq/presencehandshakes"), self.on_list_iq
+            )
+        )
+        self.add_event_handler("session_start", self.on_session_start)
+        self.add_event_handler("disconnected", self.on_disconnected)
+        self.add_event_handler("stream_error", self.on_stream_error)
+
+    # ---- connection lifecycle -------------------------------------------------
+
+    def start(self) -> None:
+        log.info(
+            "xmpp: connecting to %s:%d as %s",
+            self.config.server_host, self.config.server_port, self.boundjid.bare,
+        )
+        self.connect(self.config.server_host, self.config.server_port)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            await self.disconnect(wait=2)
+        self.cancel_connection_attempt()
+
+    def reschedule_connection_attempt(self):  # type: ignore[override]
+        # slixmpp lets its retry delay grow to 300 s; cap it at our configured maximum.
+        attempt = super().reschedule_connection_attempt()
+        self._connect_loop_wait = min(self._connect_loop_wait, self.config.reconnect_max_s)
+        return attempt
+
+    async def on_session_start(self, _event: object) -> None:
+        log.info("xmpp: component session established as %s", self.boundjid.bare)
+        self.session_up = True
+        self._backoff = self.config.reconnect_min_s
+        try:
+            await asyncio.wait_for(self._privileges_complete.wait(), self.config.privilege_wait_s)
+        except TimeoutError:
+            pass
+        if not self.session_up:
+            return
+        granted = all(self.grants.can_set_roster(d) for d in self.served_domains)
+        self.roster_status = "granted" if granted else "unavailable"
+        if granted:
+            log.info("xmpp: roster privilege (XEP-0356) granted for %s", ", ".join(sorted(self.served_domains)))
+        elif not self._roster_warning_logged:
+            self._roster_warning_logged = True
+            missing = sorted(d for d in self.served_domains if not self.grants.can_set_roster(d))
+            log.warning(
+                "xmpp: the server grants no XEP-0356 roster privilege for %s; rosters will not be"
+                " updated (grant roster = \"both\" to %s in the server's privileged_entities)",
+                ", ".join(missing), self.boundjid.bare,
+            )
+        self.privileges_known = True
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    def on_privileges(self, msg: Message) -> None:
+        domain = self.grants.update(msg)
+        log.info("xmpp: %s advertises roster privilege %r", domain, self.grants.roster.get(domain))
+        if all(d in self.grants.roster for d in self.served_domains):
+            self._privileges_complete.set()
+
+    def on_disconnected(self, reason: object) -> None:
+        was_up = self.session_up
+        self.session_up = False
+        self.privileges_known = False
+        self.grants.clear()
+        self._privileges_complete.clear()
+        if self._closing:
+            return
+        delay = self._backoff * random.uniform(0.8, 1.2)
+        self._backoff = min(self._backoff * 2, self.config.reconnect_max_s)
+        log.warning(
+            "xmpp: stream to %s:%d %s (%s); reconnecting in %.1f s",
+            self.config.server_host, self.config.server_port,
+            "lost" if was_up else "closed", reason or "no reason given", delay,
+        )
+        asyncio.get_running_loop().call_later(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        if not self._closing and self.transport is None:
+            self.connect(self.config.server_host, self.config.server_port)
+
+    def on_stream_error(self, error: object) -> None:
+        condition = error["condition"]  # type: ignore[index]
+        if condition in ("conflict", "not-authorized", "host-unknown"):
+            # Another instance holds our JID, or the secret/JID is wrong: retrying
+            # quickly only fights the other instance or floods the server's log.
+            self._backoff = self.config.reconnect_max_s
+            log.error(
+                "xmpp: server refused the component stream (%s); check that one instance runs"
+                " and that [component] jid/secret match the server; retrying in about %.0f s",
+                condition, self._backoff,
+            )
+        else:
+            log.warning("xmpp: stream error from server: %s", condition)
+
+    # ---- status -------------------------------------------------------------
+
+    def status(self) -> dict[str, str]:
+        return {
+            "xmpp": "connected" if self.session_up else "disconnected",
+            "roster": self.roster_status if self.privileges_known else "unavailable",
+        }
+
+    # ---- inbound IQs --------------------------------------------------------
+
+    async def _caller(self, stanza: Iq) -> User:
+        sender = stanza["from"]
+        if not sender.user:
+            raise Forbidden("only user accounts may use this service")
+        return await self.identity.user_for_jid(parse_bare_jid(sender.bare, "from"))
+
+    @answers_errors
+    async def on_handshake_iq(self, iq: Iq) -> Iq:
+        caller = await self._caller(iq)
+        payload = iq["presencehandshake"]
+        action = payload["action"]
+        if iq["type"] == "get":
+            if action:
+                raise BadRequest("a get carries no action")
+            request = await self.sharing.get(caller, parse_request_id(payload["id"], "id"))
+            return self._request_reply(iq, request)
+        if action == "create":
+            if not payload["to"]:
+                raise BadRequest("create needs a 'to' attribute with the user's JID")
+            request = await self.sharing.create(
+                CreatePresenceRequest(caller, to_jid=parse_bare_jid(payload["to"], "to"))
+            )
+        elif action in Transition._value2member_map_:
+            request = await self.sharing.transition(
+                TransitionPresenceRequest(
+                    caller, parse_request_id(payload["id"], "id"), Transition(action)
+                )
+            )
+        else:
+            raise BadRequest("action must be create, accept, decline, cancel or interrupt")
+        return self._request_reply(iq, request, action)
+
+    @answers_errors
+    async def on_list_iq(self, iq: Iq) -> Iq:
+        if iq["type"] != "get":
+            raise BadRequest("presencehandshakes is read with a get")
+        caller = await self._caller(iq)
+        query = iq["presencehandshakes"]
+        box = query["type"]
+        if box not in ("received", "sent"):
+            raise BadRequest("type must be received or sent")
+        statuses = parse_statuses(query["status"].split(","))
+        rsm = query["rsm"] if query.xml.find("{http://jabber.org/protocol/rsm}set") is not None else None
+        limit, offset, after = DEFAULT_PAGE, 0, None
+        if rsm is not None:
+            if rsm["before"] or rsm.xml.find("{http://jabber.org/protocol/rsm}before") is not None:
+                raise BadRequest("paging backwards (<before/>) is not supported; use <after/> or <index/>")
+            limit = parse_bounded_int(rsm["max"], "max", DEFAULT_PAGE, 0, self.max_page_size)
+            offset = parse_bounded_int(rsm["index"], "index", 0, 0, 10**9)
+            if rsm["after"]:
+                after = parse_request_id(rsm["after"], "after")
+        page = await self.sharing.list(
+            ListPresenceRequests(caller, box, statuses, limit, offset, False, after)
+        )
+        reply = iq.reply(clear=True)
+        out = reply["presencehandshakes"]
+        out["type"] = box
+        out["status"] = ",".join(sorted(s.value for s in statuses))
+        for request in page.items:
+            item = stanzas.PresenceHandshake()
+            _fill(item, request)
+            out.append(item)
+        result_set = out["rsm"]
+        if page.items:
+            result_set["first"] = page.items[0].id
+            if after is None:
+                result_set["first_index"] = str(offset)
+            result_set["last"] = page.items[-1].id
+        result_set["count"] = str(page.total)
+        return reply
+
+    def _request_reply(self, iq: Iq, request: PresenceRequest, action: str | None = None) -> Iq:
+        reply = iq.reply(clear=True)
+        item = reply["presencehandshake"]
+        _fill(item, request)
+        if action:
+            item["action"] = action
+        return reply
+
+    def _send_error(self, iq: Iq, wire: WireError, text: str) -> None:
+        reply = iq.reply(clear=True)
+        reply["type"] = "error"
+        reply["error"]["type"] = wire.xmpp_type
+        reply["error"]["condition"] = wire.xmpp_condition
+        reply["error"]["text"] = text
+        reply.send()
+
+    # ---- Transport for the outbox dispatcher ---------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.session_up and self.privileges_known
+
+    def roster_allowed(self, owner: str) -> bool:
+        return self.grants.can_set_roster(owner.partition("@")[2])
+
+    def send_management(self, row: OutboxRow) -> None:
+        msg = management_message(self, row.recipient, self.boundjid.bare, f"ph-{row.id}")
+        ET.SubElement(msg.xml, f"{{{NS_CONFIGURATION}}}presencehandshake", row.payload["handshake"])
+        msg.send()
+
+    async def set_roster_item(self, row: OutboxRow) -> None:
+        item = row.payload
+        async with self._iq_slots:
+            if not self.session_up:
+                raise TransportGone()
+            iq = privileged_roster_set(
+                self, row.recipient, item["jid"], item["subscription"], item.get("name"),
+                self.boundjid.bare,
+            )
+            try:
+                await iq.send(timeout=IQ_TIMEOUT_S)
+            except IqTimeout as exc:
+                raise TransportGone() from exc
+            except IqError as exc:
+                if item["subscription"] == "remove" and exc.condition == "item-not-found":
+                    return  # already gone: the goal is reached
+                log.warning(
+                    "roster: setting %s to %s in %s's roster failed: %s",
+                    item["jid"], item["subscription"], row.recipient, exc.condition,
+                )
+
+    async def barrier(self) -> None:
+        if not self.session_up:
+            raise TransportGone()
+        domain = min(self.served_domains)
+        iq = self.make_iq_get(ito=domain, ifrom=self.boundjid.bare)
+        ET.SubElement(iq.xml, f"{{{NS_PING}}}ping")
+        try:
+            await iq.send(timeout=IQ_TIMEOUT_S)
+        except IqTimeout as exc:
+            raise TransportGone() from exc
+        except IqError:
+            pass  # any answer proves the server processed what came before
+
+
+def _fill(item: stanzas.PresenceHandshake, request: PresenceRequest) -> None:
+    item["id"] = request.id
+    item["status"] = request.status.value
+    item["fromUserId"] = request.from_user.id
+    item["fromJid"] = request.from_user.jid
+    item["toUserId"] = request.to_user.id
+    item["toJid"] = request.to_user.jid
+    for attr, value in (
+        ("requestDate", request.request_date),
+        ("acceptationDate", request.acceptation_date),
+        ("declinationDate", request.declination_date),
+        ("cancellationDate", request.cancellation_date),
+    ):
+        if value is not None:
+            item[attr] = iso_ms(value)
+

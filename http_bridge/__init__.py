@@ -1,0 +1,6 @@
+"""aiohttp REST bridge: the public REST families, auth and error envelopes, calling component actions."""
+
+from http_bridge.app import build_app
+from http_bridge.context import Services
+
+__all__ = ["Services", "build_app"]

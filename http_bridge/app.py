@@ -1,0 +1,85 @@
+"""The aiohttp application: middlewares (request id, logging, the one error path) and routes."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from aiohttp import web
+
+from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, WireError
+from http_bridge import rainbow
+from http_bridge.context import SERVICES, Services
+from http_bridge.envelopes import render_error
+
+log = logging.getLogger("http_bridge")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Request id (X-Request-Id, taken from the caller when sane) and one log line per request."""
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request["request_id"] = request_id
+    started = time.perf_counter()
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        return response
+    finally:
+        status = response.status if response is not None else 500
+        if response is not None:
+            response.headers["X-Request-Id"] = request_id
+        log.info(
+            "http %s %s -> %d in %.1f ms request_id=%s user=%s",
+            request.method, request.path, status, (time.perf_counter() - started) * 1000,
+            request_id, request.get("user_jid", "-"),
+        )
+
+
+@web.middleware
+async def error_envelopes(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """The single HTTP error path: handlers raise, this renders the family's envelope."""
+    try:
+        return await handler(request)
+    except DomainError as exc:
+        return render_error(request, exc.wire, exc.detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        wire = WireError("cancel", "undefined-condition", exc.status, exc.status * 1000)
+        detail = {
+            404: "no such resource",
+            405: f"method {request.method} not allowed here",
+            413: "request body too large",
+        }.get(exc.status, exc.reason)
+        response = render_error(request, wire, detail)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception(
+            "http %s %s: unexpected error request_id=%s",
+            request.method, request.path, request.get("request_id"),
+        )
+        return render_error(request, INTERNAL, INTERNAL_TEXT)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ok, body = await request.app[SERVICES].health()
+    return web.json_response(body, status=200 if ok else 503)
+
+
+def build_app(services: Services, max_body_bytes: int = 16 * 1024) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context, error_envelopes], client_max_size=max_body_bytes
+    )
+    app[SERVICES] = services
+    app.router.add_get("/healthz", healthz)
+    rainbow.add_routes(app)
+    return app
+

@@ -1,0 +1,27 @@
+"""What handlers reach through the application: the component's actions."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from component.actions import Identity, PresenceSharing
+
+HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
+
+
+@dataclass(frozen=True)
+class Services:
+    identity: Identity
+    sharing: PresenceSharing
+    health: HealthCheck
+    max_page_size: int = 1000
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services_of(request: web.Request) -> Services:
+    return request.app[SERVICES]

@@ -1,0 +1,83 @@
+"""Numbered schema upgrades. Each runs in one transaction and bumps `schema_version`.
+
+Never edit a released step: add a new one. The service refuses to start on a
+database whose version is newer than the last step here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import sqlite3
+
+import aiosqlite
+
+Upgrade = Callable[[aiosqlite.Connection], Awaitable[None]]
+
+
+async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
+    """Run statements one by one: `executescript` would COMMIT the migration's
+    transaction before starting, losing its atomicity."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            await conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError("migration script ends with an incomplete statement")
+
+
+async def _v1_initial(conn: aiosqlite.Connection) -> None:
+    # Times are integer milliseconds since the epoch (UTC).
+    await _run_script(
+        conn,
+        """
+        CREATE TABLE users (
+            id          TEXT PRIMARY KEY,           -- 24 lowercase hex
+            jid         TEXT NOT NULL UNIQUE,       -- normalised bare JID
+            created_at  INTEGER NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE tokens (
+            hash        BLOB PRIMARY KEY,           -- SHA-256 of the token; the token itself is never stored
+            user_id     TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            created_at  INTEGER NOT NULL,
+            expires_at  INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX tokens_by_expiry ON tokens(expires_at);
+
+        -- Only live requests are stored: declined, canceled and interrupted ones are deleted.
+        CREATE TABLE presence_requests (
+            id                TEXT PRIMARY KEY,
+            from_user_id      TEXT NOT NULL REFERENCES users(id),
+            to_user_id        TEXT NOT NULL REFERENCES users(id),
+            status            TEXT NOT NULL CHECK (status IN ('pending', 'accepted')),
+            request_date      INTEGER NOT NULL,
+            acceptation_date  INTEGER,
+            CHECK (from_user_id <> to_user_id)
+        ) WITHOUT ROWID;
+        -- At most one live request per direction: the 409 rule, enforced by the schema too.
+        CREATE UNIQUE INDEX presence_requests_by_pair ON presence_requests(from_user_id, to_user_id);
+        -- List queries: every (box, status filter, order) is a range scan on one of these.
+        CREATE INDEX presence_requests_received ON presence_requests(to_user_id, request_date, id);
+        CREATE INDEX presence_requests_received_by_status
+            ON presence_requests(to_user_id, status, request_date, id);
+        CREATE INDEX presence_requests_sent ON presence_requests(from_user_id, request_date, id);
+        CREATE INDEX presence_requests_sent_by_status
+            ON presence_requests(from_user_id, status, request_date, id);
+
+        -- Transactional outbox: written in the same transaction as the state change,
+        -- deleted once the XMPP server has taken the notification.
+        CREATE TABLE outbox (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind        TEXT NOT NULL,              -- 'message' or 'roster'
+            recipient   TEXT NOT NULL,              -- bare JID the stanza goes to
+            payload     TEXT NOT NULL,              -- JSON, built by component.notifications
+            created_at  INTEGER NOT NULL
+        );
+        """
+    )
+
+
+UPGRADES: list[Upgrade] = [_v1_initial]

@@ -1,0 +1,47 @@
+"""The transactional outbox: notifications committed with the state change they announce."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    kind: str
+    recipient: str
+    payload: dict[str, Any]
+
+
+async def add(
+    conn: aiosqlite.Connection, kind: str, recipient: str, payload: dict[str, Any], now_ms: int
+) -> None:
+    await conn.execute(
+        "INSERT INTO outbox (kind, recipient, payload, created_at) VALUES (?, ?, ?, ?)",
+        (kind, recipient, json.dumps(payload, separators=(",", ":")), now_ms),
+    )
+
+
+async def next_batch(conn: aiosqlite.Connection, after_id: int, limit: int) -> list[OutboxRow]:
+    """The oldest rows after `after_id`, in commit order."""
+    async with conn.execute(
+        "SELECT id, kind, recipient, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+        (after_id, limit),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [OutboxRow(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+
+async def delete(conn: aiosqlite.Connection, ids: list[int]) -> None:
+    if ids:
+        await conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+
+async def count(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("SELECT count(*) FROM outbox") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0

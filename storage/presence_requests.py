@@ -1,0 +1,149 @@
+"""Presence requests (family 1). Only pending and accepted requests are stored."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import aiosqlite
+
+from component.model import (
+    BareJid,
+    PresenceRequest,
+    RequestId,
+    RequestStatus,
+    STORED_STATUSES,
+    User,
+    UserId,
+)
+
+_SELECT = (
+    "SELECT r.id, r.from_user_id, fu.jid, r.to_user_id, tu.jid, r.status,"
+    " r.request_date, r.acceptation_date"
+    " FROM presence_requests r"
+    " JOIN users fu ON fu.id = r.from_user_id"
+    " JOIN users tu ON tu.id = r.to_user_id"
+)
+
+
+def _from_row(row: aiosqlite.Row) -> PresenceRequest:
+    return PresenceRequest(
+        id=RequestId(row[0]),
+        from_user=User(UserId(row[1]), BareJid(row[2])),
+        to_user=User(UserId(row[3]), BareJid(row[4])),
+        status=RequestStatus(row[5]),
+        request_date=row[6],
+        acceptation_date=row[7],
+    )
+
+
+async def insert(conn: aiosqlite.Connection, request: PresenceRequest) -> None:
+    await conn.execute(
+        "INSERT INTO presence_requests"
+        " (id, from_user_id, to_user_id, status, request_date, acceptation_date)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            request.id,
+            request.from_user.id,
+            request.to_user.id,
+            request.status.value,
+            request.request_date,
+            request.acceptation_date,
+        ),
+    )
+
+
+async def get(conn: aiosqlite.Connection, request_id: RequestId) -> PresenceRequest | None:
+    async with conn.execute(_SELECT + " WHERE r.id = ?", (request_id,)) as cur:
+        row = await cur.fetchone()
+    return _from_row(row) if row else None
+
+
+async def link_exists(conn: aiosqlite.Connection, from_id: UserId, to_id: UserId) -> bool:
+    """Whether a live (pending or accepted) request links the pair in that direction."""
+    async with conn.execute(
+        "SELECT 1 FROM presence_requests WHERE from_user_id = ? AND to_user_id = ?",
+        (from_id, to_id),
+    ) as cur:
+        return await cur.fetchone() is not None
+
+
+async def is_accepted(conn: aiosqlite.Connection, from_id: UserId, to_id: UserId) -> bool:
+    async with conn.execute(
+        "SELECT 1 FROM presence_requests"
+        " WHERE from_user_id = ? AND to_user_id = ? AND status = 'accepted'",
+        (from_id, to_id),
+    ) as cur:
+        return await cur.fetchone() is not None
+
+
+async def mark_accepted(conn: aiosqlite.Connection, request_id: RequestId, now_ms: int) -> bool:
+    """pending -> accepted; False when the request is gone or no longer pending."""
+    cur = await conn.execute(
+        "UPDATE presence_requests SET status = 'accepted', acceptation_date = ?"
+        " WHERE id = ? AND status = 'pending'",
+        (now_ms, request_id),
+    )
+    return cur.rowcount == 1
+
+
+async def delete_in_status(
+    conn: aiosqlite.Connection, request_id: RequestId, status: RequestStatus
+) -> bool:
+    """Delete the request if it is still in `status`; False otherwise."""
+    cur = await conn.execute(
+        "DELETE FROM presence_requests WHERE id = ? AND status = ?", (request_id, status.value)
+    )
+    return cur.rowcount == 1
+
+
+async def count_pending_sent(conn: aiosqlite.Connection, user_id: UserId) -> int:
+    async with conn.execute(
+        "SELECT count(*) FROM presence_requests WHERE from_user_id = ? AND status = 'pending'",
+        (user_id,),
+    ) as cur:
+        row = await cur.fetchone()
+    return int(row[0])
+
+
+async def list_for(
+    conn: aiosqlite.Connection,
+    user_id: UserId,
+    box: str,
+    statuses: Collection[RequestStatus],
+    limit: int,
+    offset: int,
+    descending: bool,
+    after: tuple[int, str] | None = None,
+) -> tuple[list[PresenceRequest], int]:
+    """One page of the requests `user_id` received (box='received') or sent ('sent').
+
+    Each shape of query is a range scan of one index (see migration 1): the box
+    column, then the status when filtering on exactly one, then (request_date, id).
+    `after` is a keyset cursor (request_date, id): only rows past it, in the page
+    order, are returned (XEP-0059 paging); `total` still counts the whole filter.
+    """
+    column = {"received": "r.to_user_id", "sent": "r.from_user_id"}[box]
+    wanted = sorted({RequestStatus(s).value for s in statuses} & {s.value for s in STORED_STATUSES})
+    if not wanted:
+        return [], 0
+    where = f"{column} = ?"
+    params: list[object] = [user_id]
+    if len(wanted) == 1:
+        where += " AND r.status = ?"
+        params.append(wanted[0])
+    order = "DESC" if descending else "ASC"
+    page_where, page_params = where, list(params)
+    if after is not None:
+        page_where += f" AND (r.request_date, r.id) {'<' if descending else '>'} (?, ?)"
+        page_params.extend(after)
+    async with conn.execute(
+        f"{_SELECT} WHERE {page_where}"
+        f" ORDER BY r.request_date {order}, r.id {order} LIMIT ? OFFSET ?",
+        (*page_params, limit, offset),
+    ) as cur:
+        rows = await cur.fetchall()
+    async with conn.execute(
+        f"SELECT count(*) FROM presence_requests r WHERE {where}", params
+    ) as cur:
+        total = (await cur.fetchone())[0]
+    return [_from_row(r) for r in rows], int(total)
