@@ -34,8 +34,11 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     # slixmpp logs every stanza at DEBUG, including the SASL exchange of login
-    # checks (the password, base64-encoded): never let it go below INFO.
-    logging.getLogger("slixmpp").setLevel(max(logging.INFO, logging.getLogger().level))
+    # checks (the password, base64-encoded), and narrates each login check at
+    # INFO: keep it to warnings. A refused login is logged by us, once, without
+    # slixmpp's misleading "No appropriate login method" error.
+    logging.getLogger("slixmpp").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("slixmpp.features.feature_mechanisms").setLevel(logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 

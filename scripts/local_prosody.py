@@ -385,7 +385,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(
             f"prosody running: pid={srv.pid} domain={srv.domain} "
             f"c2s=127.0.0.1:{srv.c2s_port} component={srv.component_jid}@127.0.0.1:{srv.component_port} "
-            f"secret={srv.component_secret} log={srv.log_path}",
+            f"log={srv.log_path}",
             flush=True,
         )
         while not stopping["flag"]:
