@@ -87,7 +87,8 @@ class OutboxDispatcher:
     async def drain(self) -> None:
         """Deliver every row in the outbox, oldest first, until it is empty."""
         while self.transport.ready:
-            rows = await outbox.next_batch(self.db.reader, 0, self.batch_size)
+            async with self.db.read() as conn:
+                rows = await outbox.next_batch(conn, 0, self.batch_size)
             if not rows:
                 return
             await self._deliver(rows)

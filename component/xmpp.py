@@ -46,6 +46,7 @@ from storage.outbox import OutboxRow
 log = logging.getLogger(__name__)
 
 NS_PING = "urn:xmpp:ping"
+NS_RSM = "http://jabber.org/protocol/rsm"
 IQ_TIMEOUT_S = 15
 DEFAULT_PAGE = 100
 
@@ -114,8 +115,9 @@ class PresenceComponent(ComponentXMPP):
         stanzas.register()
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0059")
-        self["xep_0030"].add_identity(category="component", itype="presence", name="Presence consent")
-        self["xep_0030"].add_feature(NS_CONFIGURATION)
+        self.plugin["xep_0030"].add_identity(category="component", itype="presence", name="Presence consent")
+        self.plugin["xep_0030"].add_feature(NS_CONFIGURATION)
+        self.plugin["xep_0030"].add_feature(NS_RSM)  # list IQs page with XEP-0059
 
         # slixmpp answers probes from its own empty roster with `unsubscribed`,
         # which would downgrade the rosters we push; we answer nothing instead.
@@ -271,18 +273,18 @@ class PresenceComponent(ComponentXMPP):
 
     @answers_errors
     async def on_list_iq(self, iq: Iq) -> Iq:
+        caller = await self._caller(iq)
         if iq["type"] != "get":
             raise BadRequest("presencehandshakes is read with a get")
-        caller = await self._caller(iq)
         query = iq["presencehandshakes"]
         box = query["type"]
         if box not in ("received", "sent"):
             raise BadRequest("type must be received or sent")
         statuses = parse_statuses(query["status"].split(","))
-        rsm = query["rsm"] if query.xml.find("{http://jabber.org/protocol/rsm}set") is not None else None
+        rsm = query["rsm"] if query.xml.find(f"{{{NS_RSM}}}set") is not None else None
         limit, offset, after = DEFAULT_PAGE, 0, None
         if rsm is not None:
-            if rsm["before"] or rsm.xml.find("{http://jabber.org/protocol/rsm}before") is not None:
+            if rsm["before"] or rsm.xml.find(f"{{{NS_RSM}}}before") is not None:
                 raise BadRequest("paging backwards (<before/>) is not supported; use <after/> or <index/>")
             limit = parse_bounded_int(rsm["max"], "max", DEFAULT_PAGE, 0, self.max_page_size)
             offset = parse_bounded_int(rsm["index"], "index", 0, 0, 10**9)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, WireError
 from http_bridge import rainbow
-from http_bridge.context import SERVICES, Services
+from http_bridge.context import REQUEST_ID, SERVICES, USER_JID, Services
 from http_bridge.envelopes import render_error
 
 log = logging.getLogger("http_bridge")
@@ -24,7 +24,7 @@ async def request_context(request: web.Request, handler: Callable[[web.Request],
     """Request id (X-Request-Id, taken from the caller when sane) and one log line per request."""
     given = request.headers.get("X-Request-Id", "")
     request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     response: web.StreamResponse | None = None
     try:
@@ -37,7 +37,7 @@ async def request_context(request: web.Request, handler: Callable[[web.Request],
         log.info(
             "http %s %s -> %d in %.1f ms request_id=%s user=%s",
             request.method, request.path, status, (time.perf_counter() - started) * 1000,
-            request_id, request.get("user_jid", "-"),
+            request_id, request.get(USER_JID, "-"),
         )
 
 
@@ -64,7 +64,7 @@ async def error_envelopes(request: web.Request, handler: Callable[[web.Request],
     except Exception:
         log.exception(
             "http %s %s: unexpected error request_id=%s",
-            request.method, request.path, request.get("request_id"),
+            request.method, request.path, request.get(REQUEST_ID),
         )
         return render_error(request, INTERNAL, INTERNAL_TEXT)
 

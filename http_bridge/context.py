@@ -21,6 +21,9 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+# Per-request values the logging middleware reports.
+REQUEST_ID = web.RequestKey("request_id", str)
+USER_JID = web.RequestKey("user_jid", str)
 
 
 def services_of(request: web.Request) -> Services:

@@ -27,7 +27,7 @@ from component.model import (
     parse_request_id,
     parse_user_id,
 )
-from http_bridge.context import services_of
+from http_bridge.context import USER_JID, services_of
 
 AUTH = "/api/rainbow/authentication/v1.0"
 PRESENCES = "/api/rainbow/enduser/v1.0/users/{userId}/presences"
@@ -87,7 +87,7 @@ def bearer_token(request: web.Request) -> str | None:
 
 async def caller(request: web.Request) -> User:
     user = await services_of(request).identity.authenticate(bearer_token(request))
-    request["user_jid"] = user.jid
+    request[USER_JID] = user.jid
     return user
 
 
@@ -111,7 +111,7 @@ async def login(request: web.Request) -> web.Response:
     if not sep:
         raise Unauthorized("malformed Basic credentials")
     token, user = await services_of(request).identity.login(jid, password)
-    request["user_jid"] = user.jid
+    request[USER_JID] = user.jid
     return web.json_response({"token": token, "loggedInUser": user_json(user)})
 
 

@@ -2,8 +2,11 @@
 
 Two connections: one writer, used only inside `transaction()` (serialised by a
 lock, `BEGIN IMMEDIATE` so concurrent writers queue instead of failing late), and
-one reader for queries outside transactions (WAL lets it read the last committed
-state while a write is in progress).
+one reader for queries outside transactions, used only inside `read()` (WAL lets
+it read the last committed state while a write is in progress). `read()` is
+serialised too: two coroutines interleaving statements on one connection would
+keep one read transaction open across both, pinning an old snapshot (stale reads)
+and, under steady load, preventing WAL checkpoints for good.
 """
 
 from __future__ import annotations
@@ -44,13 +47,21 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
 
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
-        await self._writer.execute("PRAGMA journal_mode = WAL")
-        await self._migrate()
+        try:
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self._migrate()
+        except BaseException:
+            # aiosqlite's worker thread is not a daemon: a connection left open
+            # here (SchemaTooNew, a failed migration) keeps the process alive.
+            await self._writer.close()
+            self._writer = None
+            raise
         self._reader = await self._connect() if self.path != ":memory:" else self._writer
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -68,8 +79,15 @@ class Database:
 
     @property
     def reader(self) -> aiosqlite.Connection:
+        """The reader connection itself; code outside `read()` is for tests only."""
         assert self._reader is not None, "Database.open() was not awaited"
         return self._reader
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Exclusive use of the reader: every statement sees the latest commit."""
+        async with self._read_lock:
+            yield self.reader
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -94,7 +112,7 @@ class Database:
 
     async def ping(self) -> bool:
         try:
-            async with self.reader.execute("SELECT 1") as cur:
+            async with self.read() as conn, conn.execute("SELECT 1") as cur:
                 return (await cur.fetchone()) is not None
         except Exception:  # noqa: BLE001 - health check reports, never raises
             log.exception("storage health check failed")
