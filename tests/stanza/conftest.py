@@ -1,0 +1,56 @@
+"""Fixtures for the stanza tier: the real component, actions and database, no network."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from component.actions import Identity, PresenceSharing
+from component.clock import FixedClock
+from component.config import ComponentConfig
+from component.xmpp import PresenceComponent
+from storage import Database
+from stanza_rig import COMPONENT, FakeVerifier, Wire
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock()
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(tmp_path / "presence.sqlite3")
+    await database.open()
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def config() -> ComponentConfig:
+    # A long reconnect delay: a test that drops the session must not see a reconnect attempt.
+    return ComponentConfig(
+        jid=COMPONENT, secret="s3cret", reconnect_min_s=3600, reconnect_max_s=3600, privilege_wait_s=5
+    )
+
+
+@pytest.fixture
+def identity(db: Database, clock: FixedClock, config: ComponentConfig) -> Identity:
+    return Identity(db, clock, config.served_domains(), FakeVerifier(), 3600)
+
+
+@pytest.fixture
+def sharing(db: Database, clock: FixedClock, config: ComponentConfig) -> PresenceSharing:
+    return PresenceSharing(db, clock, config.served_domains())
+
+
+@pytest.fixture
+def comp(config: ComponentConfig, identity: Identity, sharing: PresenceSharing) -> PresenceComponent:
+    return PresenceComponent(config, identity, sharing, max_page_size=50)
+
+
+@pytest.fixture
+def wire(comp: PresenceComponent) -> Wire:
+    return Wire(comp)

@@ -1,0 +1,193 @@
+"""The component's own traffic: disco, privileges, status, and the outbox Transport
+(management messages, XEP-0356 roster sets, the delivery barrier)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from component.delivery import OutboxDispatcher, TransportGone
+from component.xmpp import PresenceComponent
+from storage import Database, outbox
+from storage.outbox import OutboxRow
+from stanza_rig import COMPONENT, Wire, iq, same_xml
+
+NS = "jabber:iq:configuration"
+
+
+def privileges(domain: str, roster: str | None) -> str:
+    perms = "<perm access='message' type='outgoing'/>"
+    if roster is not None:
+        perms = f"<perm access='roster' type='{roster}'/>" + perms
+    return (
+        f"<message from='{domain}' to='{COMPONENT}' id='adv1'>"
+        f"<privilege xmlns='urn:xmpp:privilege:2'>{perms}</privilege></message>"
+    )
+
+
+async def start_session(comp: PresenceComponent, wire: Wire, roster: str | None = "both") -> None:
+    wire.feed(privileges("example.test", roster))
+    await comp.on_session_start(None)
+
+
+async def test_disco_info_names_the_service(wire: Wire) -> None:
+    reply = await wire.ask(
+        iq("get", "d1", "alice@example.test/r", "<query xmlns='http://jabber.org/protocol/disco#info'/>")
+    )
+    assert same_xml(
+        reply,
+        f"<iq type='result' id='d1' from='{COMPONENT}' to='alice@example.test/r'>"
+        "<query xmlns='http://jabber.org/protocol/disco#info'>"
+        "<identity category='component' type='presence' name='Presence consent'/>"
+        f"<feature var='{NS}'/>"
+        "<feature var='http://jabber.org/protocol/rsm'/></query></iq>",
+    ), str(reply)
+
+
+def test_send_management_builds_the_seed_message(comp: PresenceComponent, wire: Wire) -> None:
+    row = OutboxRow(
+        42, "message", "bob@example.test",
+        {"handshake": {"id": "0123456789abcdef01234567", "action": "update", "type": "received", "status": "accepted"}},
+    )
+    comp.send_management(row)
+    assert len(wire.sent) == 1
+    assert same_xml(
+        wire.sent[0],
+        f"<message type='management' id='ph-42' from='{COMPONENT}' to='bob@example.test'>"
+        f"<presencehandshake xmlns='{NS}' id='0123456789abcdef01234567' action='update'"
+        " type='received' status='accepted'/></message>",
+    ), str(wire.sent[0])
+
+
+@pytest.mark.parametrize(
+    ("granted", "allowed"), [("both", True), ("set", True), ("get", False), ("none", False), (None, False)]
+)
+def test_a_privilege_advertisement_sets_roster_allowed_for_its_domain(
+    comp: PresenceComponent, wire: Wire, granted: str | None, allowed: bool
+) -> None:
+    assert comp.roster_allowed("alice@example.test") is False
+    wire.feed(privileges("example.test", granted))
+    assert comp.roster_allowed("alice@example.test") is allowed
+    assert comp.roster_allowed("mallory@evil.test") is False
+    assert wire.sent == []
+
+
+async def test_status_follows_the_session_and_the_roster_grant(comp: PresenceComponent, wire: Wire) -> None:
+    assert comp.status() == {"xmpp": "disconnected", "roster": "unavailable"}
+    assert comp.ready is False
+    await start_session(comp, wire, "both")
+    assert comp.status() == {"xmpp": "connected", "roster": "granted"}
+    assert comp.ready is True
+    comp.on_disconnected("test")
+    assert comp.status() == {"xmpp": "disconnected", "roster": "unavailable"}
+    assert comp.ready is False
+    assert comp.roster_allowed("alice@example.test") is False  # grants are re-advertised per session
+
+
+async def test_status_without_a_roster_grant(comp: PresenceComponent, wire: Wire) -> None:
+    await start_session(comp, wire, roster=None)
+    assert comp.status() == {"xmpp": "connected", "roster": "unavailable"}
+    assert comp.ready is True
+
+
+async def test_set_roster_item_pushes_into_the_owners_roster(comp: PresenceComponent, wire: Wire) -> None:
+    await start_session(comp, wire)
+    row = OutboxRow(5, "roster", "alice@example.test", {"jid": "bob@example.test", "subscription": "to", "name": "bob"})
+    pushing = asyncio.ensure_future(comp.set_roster_item(row))
+    sent = await wire.nth(0)
+    assert same_xml(
+        sent,
+        f"<iq type='set' id='{sent['id']}' from='{COMPONENT}' to='alice@example.test'>"
+        "<query xmlns='jabber:iq:roster'><item jid='bob@example.test' subscription='to' name='bob'/></query></iq>",
+    ), str(sent)
+    wire.feed(f"<iq type='result' id='{sent['id']}' from='alice@example.test' to='{COMPONENT}'/>")
+    await asyncio.wait_for(pushing, 5)
+
+
+async def test_removing_an_absent_roster_item_counts_as_done(comp: PresenceComponent, wire: Wire) -> None:
+    await start_session(comp, wire)
+    row = OutboxRow(6, "roster", "alice@example.test", {"jid": "bob@example.test", "subscription": "remove", "name": "bob"})
+    pushing = asyncio.ensure_future(comp.set_roster_item(row))
+    sent = await wire.nth(0)
+    assert same_xml(
+        sent,
+        f"<iq type='set' id='{sent['id']}' from='{COMPONENT}' to='alice@example.test'>"
+        "<query xmlns='jabber:iq:roster'><item jid='bob@example.test' subscription='remove'/></query></iq>",
+    ), str(sent)
+    wire.feed(
+        f"<iq type='error' id='{sent['id']}' from='alice@example.test' to='{COMPONENT}'>"
+        "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    )
+    await asyncio.wait_for(pushing, 5)
+
+
+async def test_the_barrier_is_a_ping_to_the_server(comp: PresenceComponent, wire: Wire) -> None:
+    await start_session(comp, wire)
+    waiting = asyncio.ensure_future(comp.barrier())
+    sent = await wire.nth(0)
+    assert same_xml(
+        sent,
+        f"<iq type='get' id='{sent['id']}' from='{COMPONENT}' to='example.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+    ), str(sent)
+    # Any answer, even an error, proves the server processed what was sent before.
+    wire.feed(
+        f"<iq type='error' id='{sent['id']}' from='example.test' to='{COMPONENT}'>"
+        "<error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    )
+    await asyncio.wait_for(waiting, 5)
+
+
+async def test_without_a_session_the_transport_is_gone(comp: PresenceComponent, wire: Wire) -> None:
+    row = OutboxRow(1, "roster", "alice@example.test", {"jid": "bob@example.test", "subscription": "to", "name": "bob"})
+    with pytest.raises(TransportGone):
+        await comp.set_roster_item(row)
+    with pytest.raises(TransportGone):
+        await comp.barrier()
+    assert wire.sent == []
+
+
+async def test_the_dispatcher_delivers_an_accept_through_the_component(
+    comp: PresenceComponent, wire: Wire, db: Database
+) -> None:
+    created = await wire.ask(iq("set", "c1", "alice@example.test/r",
+                                f"<presencehandshake xmlns='{NS}' action='create' to='bob@example.test'/>"))
+    request_id = created["presencehandshake"]["id"]
+    await wire.ask(iq("set", "a1", "bob@example.test/r",
+                      f"<presencehandshake xmlns='{NS}' action='accept' id='{request_id}'/>"))
+    await start_session(comp, wire)
+    rows = await outbox.next_batch(db.reader, 0, 100)
+    assert [(r.kind, r.recipient) for r in rows] == [
+        ("message", "alice@example.test"), ("message", "bob@example.test"),
+        ("message", "alice@example.test"), ("message", "bob@example.test"),
+        ("roster", "alice@example.test"), ("roster", "bob@example.test"),
+    ]
+    wire.sent.clear()
+    draining = asyncio.ensure_future(OutboxDispatcher(db, comp).drain())
+    expected_messages = [
+        (rows[0].id, "alice@example.test", "create", "sent", "pending"),
+        (rows[1].id, "bob@example.test", "create", "received", "pending"),
+        (rows[2].id, "alice@example.test", "update", "sent", "accepted"),
+        (rows[3].id, "bob@example.test", "update", "received", "accepted"),
+    ]
+    for index, (row_id, to, action, side, status) in enumerate(expected_messages):
+        sent = await wire.nth(index)
+        assert same_xml(
+            sent,
+            f"<message type='management' id='ph-{row_id}' from='{COMPONENT}' to='{to}'>"
+            f"<presencehandshake xmlns='{NS}' id='{request_id}' action='{action}' type='{side}'"
+            f" status='{status}'/></message>",
+        ), str(sent)
+    roster_sets = [await wire.nth(4), await wire.nth(5)]
+    assert sorted((s["to"].bare, s.xml[0][0].attrib["jid"], s.xml[0][0].attrib["subscription"]) for s in roster_sets) == [
+        ("alice@example.test", "bob@example.test", "to"),
+        ("bob@example.test", "alice@example.test", "from"),
+    ]
+    assert await outbox.count(db.reader) == 6  # nothing is deleted before the server answers
+    for s in roster_sets:
+        wire.feed(f"<iq type='result' id='{s['id']}' from='{s['to']}' to='{COMPONENT}'/>")
+    ping = await wire.nth(6)
+    assert ping.xml.find("{urn:xmpp:ping}ping") is not None
+    wire.feed(f"<iq type='result' id='{ping['id']}' from='example.test' to='{COMPONENT}'/>")
+    await asyncio.wait_for(draining, 5)
+    assert await outbox.count(db.reader) == 0

@@ -1,0 +1,583 @@
+"""Family 1 rules (DESIGN.md, "presence sharing") run by the actions over a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from component.actions import Identity, PresenceSharing
+from component.clock import FixedClock
+from component.commands import (
+    CreatePresenceRequest,
+    ListPresenceRequests,
+    Transition,
+    TransitionPresenceRequest,
+)
+from component.errors import (
+    BadRequest,
+    Duplicate,
+    Forbidden,
+    LimitReached,
+    NotFound,
+    Unauthorized,
+    WrongState,
+)
+from component.model import (
+    BareJid,
+    PresenceRequest,
+    RequestId,
+    RequestStatus,
+    User,
+    UserId,
+    new_object_id,
+)
+from storage import Database
+from unit_rig import SERVED, TOKEN_TTL_S, CommitCounter, clear_outbox, outbox_rows, request_rows
+
+START = FixedClock().now_ms()
+
+
+def message(recipient: str, request_id: str, action: str, side: str, status: str) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "message",
+        recipient,
+        {"handshake": {"id": request_id, "action": action, "type": side, "status": status}},
+    )
+
+
+def roster(owner: str, contact: str, subscription: str) -> tuple[str, str, dict[str, Any]]:
+    return ("roster", owner, {"jid": contact, "subscription": subscription, "name": contact.split("@")[0]})
+
+
+async def ask(sharing: PresenceSharing, sender: User, receiver: User) -> PresenceRequest:
+    return await sharing.create(CreatePresenceRequest(sender, to_jid=receiver.jid))
+
+
+async def move(
+    sharing: PresenceSharing, caller: User, request: PresenceRequest, transition: Transition
+) -> PresenceRequest:
+    return await sharing.transition(TransitionPresenceRequest(caller, request.id, transition))
+
+
+# ---- create ------------------------------------------------------------------------------
+
+
+async def test_create_by_jid_stores_a_pending_request_and_tells_both_parties(
+    sharing: PresenceSharing, db: Database, alice: User, commits: CommitCounter
+) -> None:
+    request = await sharing.create(
+        CreatePresenceRequest(alice, to_jid=BareJid("bob@example.test"))
+    )
+    bob_id = request.to_user.id
+    assert request == PresenceRequest(
+        id=request.id,
+        from_user=alice,
+        to_user=User(bob_id, BareJid("bob@example.test")),
+        status=RequestStatus.PENDING,
+        request_date=START,
+    )
+    assert await request_rows(db) == [(request.id, alice.id, bob_id, "pending", START, None)]
+    assert await outbox_rows(db) == [
+        message("alice@example.test", request.id, "create", "sent", "pending"),
+        message("bob@example.test", request.id, "create", "received", "pending"),
+    ]
+    assert commits.count == 1
+
+
+async def test_create_by_jid_creates_the_unknown_target_user(
+    sharing: PresenceSharing, db: Database, alice: User
+) -> None:
+    request = await sharing.create(CreatePresenceRequest(alice, to_jid=BareJid("zoe@example.test")))
+    async with db.reader.execute("SELECT id, created_at FROM users WHERE jid = 'zoe@example.test'") as cur:
+        assert tuple(await cur.fetchone()) == (request.to_user.id, START)
+
+
+async def test_create_by_user_id(sharing: PresenceSharing, db: Database, alice: User, bob: User) -> None:
+    request = await sharing.create(CreatePresenceRequest(alice, to_user_id=bob.id))
+    assert (request.from_user, request.to_user, request.status) == (alice, bob, RequestStatus.PENDING)
+    assert await request_rows(db) == [(request.id, alice.id, bob.id, "pending", START, None)]
+
+
+@pytest.mark.parametrize("both", [True, False])
+def test_create_needs_exactly_one_of_to_user_id_and_to_jid(alice: User, bob: User, both: bool) -> None:
+    targets = {"to_user_id": bob.id, "to_jid": bob.jid} if both else {}
+    with pytest.raises(BadRequest, match="exactly one of toUserId and toJid"):
+        CreatePresenceRequest(alice, **targets)
+
+
+@pytest.mark.parametrize("by", ["jid", "id"])
+async def test_create_to_self_is_a_bad_request(
+    sharing: PresenceSharing, db: Database, alice: User, by: str
+) -> None:
+    cmd = (
+        CreatePresenceRequest(alice, to_jid=alice.jid)
+        if by == "jid"
+        else CreatePresenceRequest(alice, to_user_id=alice.id)
+    )
+    with pytest.raises(BadRequest):
+        await sharing.create(cmd)
+    assert await request_rows(db) == []
+    assert await outbox_rows(db) == []
+
+
+async def test_create_to_a_jid_outside_the_served_domains_is_a_bad_request(
+    sharing: PresenceSharing, db: Database, alice: User
+) -> None:
+    with pytest.raises(BadRequest, match="served domain"):
+        await sharing.create(CreatePresenceRequest(alice, to_jid=BareJid("mallory@evil.test")))
+    async with db.reader.execute("SELECT count(*) FROM users WHERE jid = 'mallory@evil.test'") as cur:
+        assert (await cur.fetchone())[0] == 0
+
+
+async def test_create_to_an_unknown_user_id_is_not_found(
+    sharing: PresenceSharing, db: Database, alice: User
+) -> None:
+    with pytest.raises(NotFound):
+        await sharing.create(CreatePresenceRequest(alice, to_user_id=UserId(new_object_id())))
+    assert await request_rows(db) == []
+
+
+@pytest.mark.parametrize("accepted", [False, True])
+async def test_a_second_request_in_the_same_direction_is_a_duplicate(
+    sharing: PresenceSharing, db: Database, alice: User, bob: User, accepted: bool
+) -> None:
+    first = await ask(sharing, alice, bob)
+    if accepted:
+        await move(sharing, bob, first, Transition.ACCEPT)
+    await clear_outbox(db)
+    with pytest.raises(Duplicate):
+        await sharing.create(CreatePresenceRequest(alice, to_user_id=bob.id))
+    assert [row[0] for row in await request_rows(db)] == [first.id]
+    assert await outbox_rows(db) == []
+    # The reverse direction is another request.
+    reverse = await ask(sharing, bob, alice)
+    assert (reverse.from_user, reverse.to_user) == (bob, alice)
+
+
+async def test_a_request_can_be_made_again_once_the_previous_one_is_gone(
+    sharing: PresenceSharing, alice: User, bob: User
+) -> None:
+    first = await ask(sharing, alice, bob)
+    await move(sharing, bob, first, Transition.DECLINE)
+    again = await ask(sharing, alice, bob)
+    assert again.id != first.id
+
+
+async def test_pending_sent_requests_are_limited(
+    sharing: PresenceSharing, identity: Identity, db: Database, alice: User
+) -> None:
+    targets = [await identity.user_for_jid(BareJid(f"u{i}@example.test")) for i in range(6)]
+    for target in targets[:5]:  # sharing fixture: max_pending_sent=5
+        await ask(sharing, alice, target)
+    with pytest.raises(LimitReached):
+        await ask(sharing, alice, targets[5])
+    assert len(await request_rows(db)) == 5
+    # An accepted request no longer counts as pending.
+    first = (await sharing.list(ListPresenceRequests(alice, "sent"))).items[0]
+    await move(sharing, first.to_user, first, Transition.ACCEPT)
+    await ask(sharing, alice, targets[5])
+
+
+# ---- transitions: who and from which state ------------------------------------------------
+
+_RECEIVER_ONLY = [Transition.ACCEPT, Transition.DECLINE, Transition.INTERRUPT]
+
+
+@pytest.mark.parametrize("transition", _RECEIVER_ONLY)
+async def test_receiver_only_transitions_are_forbidden_to_the_sender(
+    sharing: PresenceSharing, db: Database, alice: User, bob: User, transition: Transition
+) -> None:
+    request = await ask(sharing, alice, bob)
+    if transition is Transition.INTERRUPT:
+        await move(sharing, bob, request, Transition.ACCEPT)
+    before, outbox_before = await request_rows(db), await outbox_rows(db)
+    with pytest.raises(Forbidden):
+        await move(sharing, alice, request, transition)
+    assert (await request_rows(db), await outbox_rows(db)) == (before, outbox_before)
+
+
+async def test_cancel_is_forbidden_to_the_receiver(
+    sharing: PresenceSharing, db: Database, alice: User, bob: User
+) -> None:
+    request = await ask(sharing, alice, bob)
+    with pytest.raises(Forbidden):
+        await move(sharing, bob, request, Transition.CANCEL)
+    assert [row[3] for row in await request_rows(db)] == ["pending"]
+
+
+@pytest.mark.parametrize("transition", list(Transition))
+async def test_a_third_user_does_not_see_the_request(
+    sharing: PresenceSharing, db: Database, alice: User, bob: User, carol: User, transition: Transition
+) -> None:
+    request = await ask(sharing, alice, bob)
+    with pytest.raises(NotFound):
+        await move(sharing, carol, request, transition)
+    with pytest.raises(NotFound):
+        await sharing.get(carol, request.id)
+    assert [row[3] for row in await request_rows(db)] == ["pending"]
+
+
+@pytest.mark.parametrize("transition", list(Transition))
+async def test_an_unknown_request_is_not_found(
+    sharing: PresenceSharing, alice: User, transition: Transition
+) -> None:
+    with pytest.raises(NotFound):
+        await sharing.transition(
+            TransitionPresenceRequest(alice, RequestId(new_object_id()), transition)
+        )
+
+
+@pytest.mark.parametrize(
+    ("transition", "actor"),
+    [
+        (Transition.ACCEPT, "receiver"),
+        (Transition.DECLINE, "receiver"),
+        (Transition.CANCEL, "sender"),
+    ],
+)
+async def test_pending_only_transitions_refuse_an_accepted_request(
+    sharing: PresenceSharing, db: Database, alice: User, bob: User, transition: Transition, actor: str
+) -> None:
+    request = await ask(sharing, alice, bob)
+    await move(sharing, bob, request, Transition.ACCEPT)
+    await clear_outbox(db)
+    with pytest.raises(WrongState):
+        await move(sharing, bob if actor == "receiver" else alice, request, transition)
+    assert [row[3] for row in await request_rows(db)] == ["accepted"]
+    assert await outbox_rows(db) == []
+
+
+async def test_interrupt_refuses_a_pending_request(
+    sharing: PresenceSharing, db: Database, alice: User, bob: User
+) -> None:
+    request = await ask(sharing, alice, bob)
+    with pytest.raises(WrongState):
+        await move(sharing, bob, request, Transition.INTERRUPT)
+    assert [row[3] for row in await request_rows(db)] == ["pending"]
+
+
+# ---- transitions: results, rows and outbox -----------------------------------------------
+
+
+async def test_accept_marks_the_request_and_grants_roster_subscriptions(
+    sharing: PresenceSharing, db: Database, clock: FixedClock, alice: User, bob: User, commits: CommitCounter
+) -> None:
+    request = await ask(sharing, alice, bob)
+    await clear_outbox(db)
+    clock.advance(5_000)
+    done = await move(sharing, bob, request, Transition.ACCEPT)
+    assert (done.status, done.acceptation_date, done.request_date) == (
+        RequestStatus.ACCEPTED, START + 5_000, START,
+    )
+    assert await request_rows(db) == [(request.id, alice.id, bob.id, "accepted", START, START + 5_000)]
+    assert await outbox_rows(db) == [
+        message("alice@example.test", request.id, "update", "sent", "accepted"),
+        message("bob@example.test", request.id, "update", "received", "accepted"),
+        roster("alice@example.test", "bob@example.test", "to"),
+        roster("bob@example.test", "alice@example.test", "from"),
+    ]
+    assert commits.count == 2
+
+
+async def test_accept_upgrades_both_rosters_to_both_when_the_reverse_is_accepted(
+    sharing: PresenceSharing, db: Database, alice: User, bob: User
+) -> None:
+    reverse = await ask(sharing, bob, alice)
+    await move(sharing, alice, reverse, Transition.ACCEPT)
+    request = await ask(sharing, alice, bob)
+    await clear_outbox(db)
+    await move(sharing, bob, request, Transition.ACCEPT)
+    assert await outbox_rows(db) == [
+        message("alice@example.test", request.id, "update", "sent", "accepted"),
+        message("bob@example.test", request.id, "update", "received", "accepted"),
+        roster("alice@example.test", "bob@example.test", "both"),
+        roster("bob@example.test", "alice@example.test", "both"),
+    ]
+
+
+async def test_decline_deletes_the_request_and_tells_both_parties(
+    sharing: PresenceSharing, db: Database, clock: FixedClock, alice: User, bob: User
+) -> None:
+    request = await ask(sharing, alice, bob)
+    await clear_outbox(db)
+    clock.advance(7)
+    done = await move(sharing, bob, request, Transition.DECLINE)
+    assert (done.status, done.declination_date) == (RequestStatus.DECLINED, START + 7)
+    assert await request_rows(db) == []
+    assert await outbox_rows(db) == [
+        message("alice@example.test", request.id, "delete", "sent", "declined"),
+        message("bob@example.test", request.id, "delete", "received", "declined"),
+    ]
+
+
+async def test_cancel_deletes_the_request_and_tells_both_parties(
+    sharing: PresenceSharing, db: Database, clock: FixedClock, alice: User, bob: User
+) -> None:
+    request = await ask(sharing, alice, bob)
+    await clear_outbox(db)
+    clock.advance(9)
+    done = await move(sharing, alice, request, Transition.CANCEL)
+    assert (done.status, done.cancellation_date) == (RequestStatus.CANCELED, START + 9)
+    assert await request_rows(db) == []
+    assert await outbox_rows(db) == [
+        message("alice@example.test", request.id, "delete", "sent", "canceled"),
+        message("bob@example.test", request.id, "delete", "received", "canceled"),
+    ]
+
+
+async def test_interrupt_deletes_the_request_and_removes_the_roster_items(
+    sharing: PresenceSharing, db: Database, alice: User, bob: User
+) -> None:
+    request = await ask(sharing, alice, bob)
+    await move(sharing, bob, request, Transition.ACCEPT)
+    await clear_outbox(db)
+    done = await move(sharing, bob, request, Transition.INTERRUPT)
+    assert (done.status, done.acceptation_date) == (RequestStatus.INTERRUPTED, START)
+    assert await request_rows(db) == []
+    assert await outbox_rows(db) == [
+        message("alice@example.test", request.id, "delete", "sent", "interrupted"),
+        message("bob@example.test", request.id, "delete", "received", "interrupted"),
+        roster("alice@example.test", "bob@example.test", "remove"),
+        roster("bob@example.test", "alice@example.test", "remove"),
+    ]
+
+
+async def test_interrupt_keeps_the_reverse_direction(
+    sharing: PresenceSharing, db: Database, alice: User, bob: User
+) -> None:
+    reverse = await ask(sharing, bob, alice)
+    await move(sharing, alice, reverse, Transition.ACCEPT)
+    request = await ask(sharing, alice, bob)
+    await move(sharing, bob, request, Transition.ACCEPT)
+    await clear_outbox(db)
+    await move(sharing, bob, request, Transition.INTERRUPT)
+    assert await outbox_rows(db) == [
+        message("alice@example.test", request.id, "delete", "sent", "interrupted"),
+        message("bob@example.test", request.id, "delete", "received", "interrupted"),
+        # alice no longer sees bob but is still seen by him; bob still sees alice.
+        roster("alice@example.test", "bob@example.test", "from"),
+        roster("bob@example.test", "alice@example.test", "to"),
+    ]
+    assert [(row[0], row[3]) for row in await request_rows(db)] == [(reverse.id, "accepted")]
+
+
+# ---- get and list --------------------------------------------------------------------------
+
+
+async def test_get_is_visible_to_both_parties(
+    sharing: PresenceSharing, alice: User, bob: User, carol: User
+) -> None:
+    request = await ask(sharing, alice, bob)
+    assert await sharing.get(alice, request.id) == request
+    assert await sharing.get(bob, request.id) == request
+    with pytest.raises(NotFound):
+        await sharing.get(carol, request.id)
+
+
+@pytest.fixture
+async def inbox(
+    sharing: PresenceSharing, identity: Identity, clock: FixedClock, alice: User
+) -> list[PresenceRequest]:
+    """Four requests to alice, one second apart; the 2nd and 4th accepted."""
+    made = []
+    for i in range(4):
+        sender = await identity.user_for_jid(BareJid(f"s{i}@example.test"))
+        made.append(await ask(sharing, sender, alice))
+        clock.advance(1000)
+    for i in (1, 3):
+        made[i] = await move(sharing, alice, made[i], Transition.ACCEPT)
+    return made
+
+
+def ids(items: list[PresenceRequest]) -> list[str]:
+    return [r.id for r in items]
+
+
+async def test_list_received_filters_by_status(
+    sharing: PresenceSharing, alice: User, inbox: list[PresenceRequest]
+) -> None:
+    pending = await sharing.list(
+        ListPresenceRequests(alice, "received", frozenset({RequestStatus.PENDING}))
+    )
+    accepted = await sharing.list(
+        ListPresenceRequests(alice, "received", frozenset({RequestStatus.ACCEPTED}))
+    )
+    everything = await sharing.list(ListPresenceRequests(alice, "received"))
+    assert (ids(pending.items), pending.total) == ([inbox[0].id, inbox[2].id], 2)
+    assert (ids(accepted.items), accepted.total) == ([inbox[1].id, inbox[3].id], 2)
+    assert (ids(everything.items), everything.total) == (ids(inbox), 4)
+    assert everything.items == inbox
+
+
+async def test_list_sent_is_the_other_box(
+    sharing: PresenceSharing, alice: User, inbox: list[PresenceRequest]
+) -> None:
+    assert (await sharing.list(ListPresenceRequests(alice, "sent"))).total == 0
+    sender = inbox[2].from_user
+    page = await sharing.list(ListPresenceRequests(sender, "sent"))
+    assert (page.items, page.total) == ([inbox[2]], 1)
+    assert (await sharing.list(ListPresenceRequests(sender, "received"))).total == 0
+
+
+async def test_list_pages_with_limit_offset_and_total(
+    sharing: PresenceSharing, alice: User, inbox: list[PresenceRequest]
+) -> None:
+    page = await sharing.list(ListPresenceRequests(alice, "received", limit=2, offset=1))
+    assert (ids(page.items), page.total, page.limit, page.offset) == (ids(inbox[1:3]), 4, 2, 1)
+    beyond = await sharing.list(ListPresenceRequests(alice, "received", limit=2, offset=9))
+    assert (beyond.items, beyond.total) == ([], 4)
+    empty = await sharing.list(ListPresenceRequests(alice, "received", limit=0))
+    assert (empty.items, empty.total) == ([], 4)
+
+
+async def test_list_in_descending_order(
+    sharing: PresenceSharing, alice: User, inbox: list[PresenceRequest]
+) -> None:
+    page = await sharing.list(ListPresenceRequests(alice, "received", descending=True, limit=3))
+    assert ids(page.items) == [inbox[3].id, inbox[2].id, inbox[1].id]
+
+
+async def test_list_after_a_keyset_cursor(
+    sharing: PresenceSharing, alice: User, inbox: list[PresenceRequest]
+) -> None:
+    page = await sharing.list(ListPresenceRequests(alice, "received", limit=2, after=inbox[1].id))
+    assert (ids(page.items), page.total) == ([inbox[2].id, inbox[3].id], 4)
+    back = await sharing.list(
+        ListPresenceRequests(alice, "received", limit=2, descending=True, after=inbox[2].id)
+    )
+    assert ids(back.items) == [inbox[1].id, inbox[0].id]
+    pending_after = await sharing.list(
+        ListPresenceRequests(alice, "received", frozenset({RequestStatus.PENDING}), after=inbox[0].id)
+    )
+    assert (ids(pending_after.items), pending_after.total) == ([inbox[2].id], 2)
+
+
+async def test_list_after_a_request_the_caller_cannot_see_is_not_found(
+    sharing: PresenceSharing, alice: User, bob: User, carol: User
+) -> None:
+    foreign = await ask(sharing, bob, carol)
+    with pytest.raises(NotFound):
+        await sharing.list(ListPresenceRequests(alice, "received", after=foreign.id))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"box": "inbox"},
+        {"statuses": frozenset()},
+        {"statuses": frozenset({RequestStatus.DECLINED})},
+        {"limit": -1},
+        {"offset": -1},
+    ],
+)
+def test_list_commands_check_their_arguments(alice: User, changes: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest):
+        ListPresenceRequests(**{"caller": alice, "box": "received", **changes})
+
+
+# ---- identity ------------------------------------------------------------------------------
+
+
+async def test_login_issues_a_token_until_its_ttl_passes(
+    identity: Identity, clock: FixedClock, verifier: Any
+) -> None:
+    token, user = await identity.login("Alice@Example.Test", "alice-pw")
+    assert user.jid == "alice@example.test"
+    assert verifier.calls == [("alice@example.test", "alice-pw")]
+    assert await identity.authenticate(token) == user
+    clock.advance(TOKEN_TTL_S * 1000 - 1)
+    assert await identity.authenticate(token) == user
+    clock.advance(1)
+    with pytest.raises(Unauthorized):
+        await identity.authenticate(token)
+
+
+async def test_login_keeps_the_user_id_stable(identity: Identity, alice: User) -> None:
+    _, user = await identity.login("alice@example.test", "alice-pw")
+    assert user == alice
+
+
+async def test_logout_revokes_the_token(identity: Identity) -> None:
+    token, _ = await identity.login("alice@example.test", "alice-pw")
+    other, _ = await identity.login("alice@example.test", "alice-pw")
+    await identity.logout(token)
+    with pytest.raises(Unauthorized):
+        await identity.authenticate(token)
+    assert (await identity.authenticate(other)).jid == "alice@example.test"
+
+
+@pytest.mark.parametrize(
+    ("login", "password"),
+    [
+        ("alice@example.test", "wrong"),
+        ("alice@example.test", ""),
+        ("not a jid", "alice-pw"),
+        ("alice@example.test/phone", "alice-pw"),
+    ],
+)
+async def test_bad_logins_are_unauthorized_and_issue_nothing(
+    identity: Identity, db: Database, login: str, password: str
+) -> None:
+    with pytest.raises(Unauthorized):
+        await identity.login(login, password)
+    async with db.reader.execute("SELECT count(*) FROM tokens") as cur:
+        assert (await cur.fetchone())[0] == 0
+
+
+async def test_users_of_other_domains_cannot_log_in(identity: Identity, verifier: Any) -> None:
+    with pytest.raises(Forbidden):
+        await identity.login("mallory@evil.test", "anything")
+    assert verifier.calls == []  # refused before asking the server
+
+
+async def test_user_for_jid_refuses_other_domains(identity: Identity) -> None:
+    with pytest.raises(Forbidden):
+        await identity.user_for_jid(BareJid("mallory@evil.test"))
+
+
+@pytest.mark.parametrize("token", [None, "", "never-issued"])
+async def test_authenticate_refuses_missing_and_unknown_tokens(identity: Identity, token: str | None) -> None:
+    with pytest.raises(Unauthorized):
+        await identity.authenticate(token)
+
+
+# ---- concurrency ------------------------------------------------------------------------
+
+
+async def test_concurrent_accept_and_cancel_let_exactly_one_win(
+    db: Database, clock: FixedClock, identity: Identity, alice: User
+) -> None:
+    sharing = PresenceSharing(db, clock, SERVED, max_pending_sent=100)
+    outcomes: set[str] = set()
+    for i in range(50):
+        receiver = await identity.user_for_jid(BareJid(f"r{i}@example.test"))
+        request = await ask(sharing, alice, receiver)
+        accept = move(sharing, receiver, request, Transition.ACCEPT)
+        cancel = move(sharing, alice, request, Transition.CANCEL)
+        first, second = (accept, cancel) if i % 2 == 0 else (cancel, accept)
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        won = [r for r in results if isinstance(r, PresenceRequest)]
+        lost = [r for r in results if not isinstance(r, PresenceRequest)]
+        assert len(won) == 1 and len(lost) == 1, results
+        assert isinstance(lost[0], (WrongState, NotFound)), lost
+        async with db.reader.execute(
+            "SELECT status FROM presence_requests WHERE id = ?", (request.id,)
+        ) as cur:
+            stored = [r[0] for r in await cur.fetchall()]
+        if won[0].status is RequestStatus.ACCEPTED:
+            assert stored == ["accepted"]
+            assert isinstance(lost[0], WrongState)
+        else:
+            assert won[0].status is RequestStatus.CANCELED
+            assert stored == []
+            assert isinstance(lost[0], NotFound)
+        outcomes.add(won[0].status.value)
+        # Exactly one transition's messages were written.
+        rows = await outbox_rows(db)
+        assert [r[2]["handshake"]["action"] for r in rows if r[0] == "message"] == [
+            "create", "create", "update" if stored else "delete", "update" if stored else "delete",
+        ]
+        await clear_outbox(db)
+    assert outcomes == {"accepted", "canceled"}

@@ -1,0 +1,182 @@
+"""parse_config / load_config: defaults, derived values and refusals that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from component.config import (
+    AuthConfig,
+    ComponentConfig,
+    Config,
+    ConfigError,
+    HttpConfig,
+    LimitsConfig,
+    LoggingConfig,
+    StorageConfig,
+    load_config,
+    parse_config,
+)
+
+MINIMAL = {"component": {"jid": "presence.example.test", "secret": "s3cret"}}
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+
+
+def with_section(section: str, **values: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {"component": dict(MINIMAL["component"])}
+    raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def test_defaults() -> None:
+    config = parse_config(MINIMAL)
+    assert config == Config(
+        component=ComponentConfig(jid="presence.example.test", secret="s3cret"),
+        http=HttpConfig(host="127.0.0.1", port=8080, max_body_bytes=16384),
+        storage=StorageConfig(path="presence.sqlite3"),
+        auth=AuthConfig(
+            admin_token="",
+            c2s_host="127.0.0.1",
+            c2s_port=5222,
+            c2s_allow_plaintext=False,
+            token_ttl_s=86400,
+        ),
+        limits=LimitsConfig(max_pending_sent=1000, max_page_size=1000),
+        logging=LoggingConfig(level="INFO"),
+    )
+    assert (config.component.server_host, config.component.server_port) == ("127.0.0.1", 5347)
+
+
+def test_served_domains_default_to_the_parent_of_the_component_jid() -> None:
+    assert parse_config(MINIMAL).component.served_domains() == frozenset({"example.test"})
+
+
+def test_served_domains_when_listed() -> None:
+    config = parse_config(with_section("component", domains=["Example.Test", "other.test"]))
+    assert config.component.domains == ("Example.Test", "other.test")
+    assert config.component.served_domains() == frozenset({"example.test", "other.test"})
+
+
+def test_every_section_and_key() -> None:
+    raw = {
+        "component": {
+            "jid": "presence.example.test",
+            "secret": "s",
+            "server_host": "::1",
+            "server_port": 5348,
+            "domains": ["example.test"],
+            "reconnect_min_s": 2,
+            "reconnect_max_s": 60.5,
+            "max_concurrent_iqs": 5,
+            "privilege_wait_s": 1.5,
+        },
+        "http": {"host": "0.0.0.0", "port": 9090, "max_body_bytes": 1024},
+        "storage": {"path": "/var/lib/p.sqlite3"},
+        "auth": {
+            "admin_token": "adm",
+            "c2s_host": "xmpp.example.test",
+            "c2s_port": 5223,
+            "c2s_allow_plaintext": True,
+            "token_ttl_s": 60,
+            "login_timeout_s": 3,
+            "max_concurrent_logins": 2,
+        },
+        "limits": {"max_pending_sent": 10, "max_page_size": 50},
+        "logging": {"level": "DEBUG"},
+    }
+    config = parse_config(raw)
+    for section, values in raw.items():
+        got = dataclasses.asdict(getattr(config, section))
+        expected = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        assert {k: got[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({**MINIMAL, "xmpp": {}}, "xmpp"),
+        (with_section("component", port=5347), "port"),
+        (with_section("http", listen="127.0.0.1"), "listen"),
+        (with_section("auth", token_ttl=60), "token_ttl"),
+    ],
+)
+def test_unknown_sections_and_keys_are_refused_by_name(raw: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\b{named}\b"):
+        parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("component", "server_port", "5347"),
+        ("component", "server_port", True),
+        ("component", "reconnect_min_s", "1"),
+        ("component", "domains", "example.test"),
+        ("component", "domains", ["example.test", 3]),
+        ("http", "port", 80.5),
+        ("http", "host", 127),
+        ("storage", "path", ["a"]),
+        ("auth", "c2s_allow_plaintext", "false"),
+        ("auth", "c2s_allow_plaintext", 0),
+        ("auth", "token_ttl_s", "86400"),
+        ("limits", "max_page_size", None),
+        ("logging", "level", 10),
+    ],
+)
+def test_wrong_types_are_refused_by_name(section: str, key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"\[{section}\] {key}"):
+        parse_config(with_section(section, **{key: value}))
+
+
+def test_a_section_must_be_a_table() -> None:
+    with pytest.raises(ConfigError, match=r"\[http\]"):
+        parse_config({**MINIMAL, "http": "127.0.0.1:8080"})
+
+
+def test_the_component_section_is_required() -> None:
+    with pytest.raises(ConfigError, match=r"\[component\]"):
+        parse_config({"http": {}})
+
+
+def test_a_missing_secret_is_refused() -> None:
+    with pytest.raises(ConfigError, match="secret"):
+        parse_config({"component": {"jid": "presence.example.test"}})
+
+
+def test_an_empty_secret_is_refused() -> None:
+    with pytest.raises(ConfigError, match="secret"):
+        parse_config({"component": {"jid": "presence.example.test", "secret": ""}})
+
+
+@pytest.mark.parametrize("jid", ["localhost", "user@presence.example.test"])
+def test_the_component_jid_must_be_a_subdomain(jid: str) -> None:
+    with pytest.raises(ConfigError, match="jid"):
+        parse_config({"component": {"jid": jid, "secret": "s"}})
+
+
+def test_token_ttl_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="token_ttl_s"):
+        parse_config(with_section("auth", token_ttl_s=0))
+
+
+def test_load_config_reports_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[component\njid = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+
+
+def test_the_example_config_loads_and_documents_every_key() -> None:
+    config = load_config(EXAMPLE)
+    assert config.component.served_domains() == frozenset({"example.test"})
+    text = EXAMPLE.read_text()
+    for section in dataclasses.fields(Config):
+        assert re.search(rf"^\[{section.name}\]", text, re.M), section.name
+        for key in dataclasses.fields(getattr(config, section.name)):
+            assert re.search(rf"^#? ?{key.name} =", text, re.M), f"[{section.name}] {key.name}"

@@ -1,0 +1,252 @@
+"""Storage against the real schema and migrations, in a real SQLite file."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from component.actions import Identity
+from component.clock import FixedClock
+from component.errors import Unauthorized
+from component.model import (
+    STORED_STATUSES,
+    PresenceRequest,
+    RequestId,
+    RequestStatus,
+    User,
+    new_object_id,
+)
+from storage import Database, SchemaTooNew
+from storage import presence_requests, tokens
+from storage.migrations import UPGRADES
+from unit_rig import TOKEN_TTL_S
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _pending(sender: User, receiver: User, when: int) -> PresenceRequest:
+    return PresenceRequest(
+        id=RequestId(new_object_id()),
+        from_user=sender,
+        to_user=receiver,
+        status=RequestStatus.PENDING,
+        request_date=when,
+    )
+
+
+# ---- migrations ---------------------------------------------------------------------
+
+
+async def test_migrations_bring_a_new_file_to_the_latest_version(db: Database, db_path: Path) -> None:
+    assert await db.schema_version() == len(UPGRADES)
+    assert {"schema_version", "users", "tokens", "presence_requests", "outbox"} <= _tables(db_path)
+
+
+async def test_reopening_a_migrated_database_changes_nothing(db_path: Path) -> None:
+    first = Database(db_path)
+    await first.open()
+    await first.close()
+    again = Database(db_path)
+    await again.open()
+    try:
+        assert await again.schema_version() == len(UPGRADES)
+        async with again.reader.execute("SELECT count(*) FROM schema_version") as cur:
+            assert (await cur.fetchone())[0] == 1
+    finally:
+        await again.close()
+
+
+async def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
+    first = Database(db_path)
+    await first.open()
+    await first.close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (len(UPGRADES) + 1,))
+    threads_before = set(threading.enumerate())
+    newer = Database(db_path)
+    with pytest.raises(SchemaTooNew):
+        await newer.open()
+    # The refused open leaves no connection behind: aiosqlite's worker threads are not
+    # daemons, and one left running would keep `python -m component` from exiting.
+    for thread in set(threading.enumerate()) - threads_before:
+        thread.join(timeout=5)
+        assert not thread.is_alive(), thread
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(len(UPGRADES) + 1,)]
+
+
+@pytest.mark.parametrize("which", ["writer", "reader"])
+async def test_pragmas_are_in_effect_on_both_connections(db: Database, which: str) -> None:
+    conn = db._writer if which == "writer" else db.reader
+    assert conn is not None
+    observed = {}
+    for pragma in ("journal_mode", "foreign_keys", "synchronous"):
+        async with conn.execute(f"PRAGMA {pragma}") as cur:
+            observed[pragma] = (await cur.fetchone())[0]
+    assert observed == {"journal_mode": "wal", "foreign_keys": 1, "synchronous": 2}
+
+
+async def test_foreign_keys_refuse_a_request_for_an_unknown_user(db: Database, alice: User) -> None:
+    ghost = User(new_object_id(), "ghost@example.test")  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        async with db.transaction() as tx:
+            await presence_requests.insert(tx, _pending(alice, ghost, 1))
+    async with db.reader.execute("SELECT count(*) FROM presence_requests") as cur:
+        assert (await cur.fetchone())[0] == 0
+
+
+# ---- presence_requests ----------------------------------------------------------------
+
+
+async def test_the_pair_index_refuses_a_second_live_request_in_one_direction(
+    db: Database, alice: User, bob: User
+) -> None:
+    async with db.transaction() as tx:
+        await presence_requests.insert(tx, _pending(alice, bob, 1))
+    with pytest.raises(sqlite3.IntegrityError):
+        async with db.transaction() as tx:
+            await presence_requests.insert(tx, _pending(alice, bob, 2))
+    async with db.transaction() as tx:  # the reverse direction is another pair
+        await presence_requests.insert(tx, _pending(bob, alice, 3))
+    async with db.reader.execute(
+        "SELECT from_user_id, to_user_id, request_date FROM presence_requests ORDER BY request_date"
+    ) as cur:
+        assert [tuple(r) for r in await cur.fetchall()] == [(alice.id, bob.id, 1), (bob.id, alice.id, 3)]
+
+
+_SHAPES = list(
+    itertools.product(
+        ["received", "sent"],
+        [frozenset({RequestStatus.PENDING}), frozenset({RequestStatus.ACCEPTED}), STORED_STATUSES],
+        [False, True],
+        [False, True],
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("box", "statuses", "descending", "keyset"),
+    _SHAPES,
+    ids=[
+        f"{b}-{'+'.join(sorted(s))}-{'desc' if d else 'asc'}-{'after' if k else 'first'}"
+        for b, s, d, k in _SHAPES
+    ],
+)
+async def test_every_list_query_is_a_range_scan_of_a_presence_requests_index(
+    db: Database,
+    alice: User,
+    bob: User,
+    carol: User,
+    box: str,
+    statuses: frozenset[RequestStatus],
+    descending: bool,
+    keyset: bool,
+) -> None:
+    async with db.transaction() as tx:
+        first = _pending(bob, alice, 10)
+        await presence_requests.insert(tx, first)
+        await presence_requests.insert(tx, _pending(carol, alice, 20))
+        await presence_requests.insert(tx, _pending(alice, bob, 30))
+        await presence_requests.mark_accepted(tx, first.id, 40)
+
+    # Record the SQL the module really issues on this connection.
+    conn = db.reader
+    issued: list[tuple[str, tuple[object, ...]]] = []
+    real_execute = conn.execute
+
+    def recording_execute(sql: str, parameters=None):  # type: ignore[no-untyped-def]
+        issued.append((sql, tuple(parameters or ())))
+        return real_execute(sql, parameters)
+
+    conn.execute = recording_execute  # type: ignore[method-assign]
+    try:
+        after = (15, "0" * 24) if keyset else None
+        await presence_requests.list_for(conn, alice.id, box, statuses, 10, 0, descending, after)
+    finally:
+        del conn.execute  # back to the class's method
+
+    assert len(issued) == 2  # the page, then the total
+    for sql, params in issued:
+        async with db.reader.execute(f"EXPLAIN QUERY PLAN {sql}", params) as cur:
+            plan = [row[3] for row in await cur.fetchall()]
+        scans_of_requests = [step for step in plan if step.startswith(("SEARCH r ", "SCAN r "))]
+        assert scans_of_requests, plan
+        assert all(" INDEX presence_requests_" in step for step in scans_of_requests), plan
+        assert not any(step.startswith("SCAN") for step in plan), plan
+        assert not any("USE TEMP B-TREE" in step for step in plan), plan
+
+
+async def test_list_for_pages_by_keyset_in_both_orders(
+    db: Database, alice: User, bob: User, carol: User
+) -> None:
+    dave = User(new_object_id(), "dave@example.test")  # type: ignore[arg-type]
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO users (id, jid, created_at) VALUES (?, ?, 0)", (dave.id, dave.jid))
+        made = [_pending(sender, alice, when) for sender, when in ((bob, 1), (carol, 2), (dave, 3))]
+        for request in made:
+            await presence_requests.insert(tx, request)
+    ids = [r.id for r in made]
+
+    page, total = await presence_requests.list_for(
+        db.reader, alice.id, "received", STORED_STATUSES, 10, 0, False, (1, ids[0])
+    )
+    assert ([r.id for r in page], total) == (ids[1:], 3)
+    page, total = await presence_requests.list_for(
+        db.reader, alice.id, "received", STORED_STATUSES, 10, 0, True, (3, ids[2])
+    )
+    assert ([r.id for r in page], total) == ([ids[1], ids[0]], 3)
+
+
+# ---- tokens -----------------------------------------------------------------------------
+
+
+async def test_tokens_are_stored_only_as_their_sha256(
+    db: Database, identity: Identity, db_path: Path
+) -> None:
+    token, user = await identity.login("alice@example.test", "alice-pw")
+    async with db.reader.execute("SELECT hash, user_id, created_at, expires_at FROM tokens") as cur:
+        rows = [tuple(r) for r in await cur.fetchall()]
+    now = FixedClock().now_ms()
+    assert rows == [(hashlib.sha256(token.encode()).digest(), user.id, now, now + TOKEN_TTL_S * 1000)]
+    await db.close()
+    for name in (db_path.name, db_path.name + "-wal"):
+        file = db_path.parent / name
+        if file.exists():
+            assert token.encode() not in file.read_bytes()
+    await db.open()
+
+
+async def test_tokens_expire_after_their_ttl(identity: Identity, clock: FixedClock) -> None:
+    token, user = await identity.login("alice@example.test", "alice-pw")
+    clock.advance(TOKEN_TTL_S * 1000 - 1)
+    assert await identity.authenticate(token) == user
+    clock.advance(1)
+    with pytest.raises(Unauthorized):
+        await identity.authenticate(token)
+
+
+async def test_purge_expired_deletes_only_expired_tokens(db: Database, alice: User, bob: User) -> None:
+    async with db.transaction() as tx:
+        await tokens.insert(tx, b"old", alice.id, 0, 100)
+        await tokens.insert(tx, b"new", bob.id, 0, 101)
+        assert await tokens.purge_expired(tx, 100) == 1
+    async with db.reader.execute("SELECT hash FROM tokens") as cur:
+        assert [r[0] for r in await cur.fetchall()] == [b"new"]
+    assert await tokens.user_for(db.reader, b"new", 100) == bob
+    assert await tokens.user_for(db.reader, b"new", 101) is None
+
+
+async def test_deleting_a_user_deletes_its_tokens(db: Database, alice: User) -> None:
+    async with db.transaction() as tx:
+        await tokens.insert(tx, b"t", alice.id, 0, 100)
+        await tx.execute("DELETE FROM users WHERE id = ?", (alice.id,))
+    async with db.reader.execute("SELECT count(*) FROM tokens") as cur:
+        assert (await cur.fetchone())[0] == 0
