@@ -95,7 +95,8 @@ class Identity:
     async def user_for_jid(self, jid: BareJid) -> User:
         """The user behind a stanza's (server-stamped) sender, created on first sight."""
         self.check_served(jid)
-        user = await users.by_jid(self.db.reader, jid)
+        async with self.db.read() as conn:
+            user = await users.by_jid(conn, jid)
         if user is not None:
             return user
         async with self.db.transaction() as tx:
@@ -123,7 +124,8 @@ class Identity:
     async def authenticate(self, token: str | None) -> User:
         if not token:
             raise Unauthorized("missing token")
-        user = await tokens.user_for(self.db.reader, _token_hash(token), self.clock.now_ms())
+        async with self.db.read() as conn:
+            user = await tokens.user_for(conn, _token_hash(token), self.clock.now_ms())
         if user is None:
             raise Unauthorized("invalid or expired token")
         return user
@@ -232,23 +234,25 @@ class PresenceSharing:
         return done
 
     async def get(self, caller: User, request_id: RequestId) -> PresenceRequest:
-        return await self._visible(self.db.reader, caller, request_id)
+        async with self.db.read() as conn:
+            return await self._visible(conn, caller, request_id)
 
     async def list(self, cmd: ListPresenceRequests) -> Page[PresenceRequest]:
         after = None
-        if cmd.after is not None:
-            anchor = await self._visible(self.db.reader, cmd.caller, cmd.after)
-            after = (anchor.request_date, anchor.id)
-        items, total = await presence_requests.list_for(
-            self.db.reader,
-            cmd.caller.id,
-            cmd.box,
-            cmd.statuses,
-            cmd.limit,
-            cmd.offset,
-            cmd.descending,
-            after,
-        )
+        async with self.db.read() as conn:
+            if cmd.after is not None:
+                anchor = await self._visible(conn, cmd.caller, cmd.after)
+                after = (anchor.request_date, anchor.id)
+            items, total = await presence_requests.list_for(
+                conn,
+                cmd.caller.id,
+                cmd.box,
+                cmd.statuses,
+                cmd.limit,
+                cmd.offset,
+                cmd.descending,
+                after,
+            )
         return Page(items=items, total=total, limit=cmd.limit, offset=cmd.offset)
 
     async def _visible(
