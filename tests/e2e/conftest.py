@@ -1,0 +1,513 @@
+"""End-to-end fixtures: a real Prosody on loopback, the real service, real clients.
+
+Nothing here stands in for the XMPP server or the database. Ports are chosen
+free at run time; every server a fixture starts, it stops.
+
+- `prosody` (session): a throwaway Prosody 0.12 with mod_privilege granting the
+  component roster "both"; users alice, bob, carol and dave (see `PASSWORDS`).
+- `service` (function): `component.__main__.Service` run in-process on the
+  test's event loop, with a fresh SQLite file; ready once /healthz says
+  connected with the roster privilege granted.
+- `alice`, `bob`, `carol`, `dave` (function): connected slixmpp clients that
+  fetched their roster, sent initial presence, and collect management messages
+  and roster pushes (`XmppUser`).
+- `api` (function): an aiohttp client on the service's REST bridge (`RestApi`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import slixmpp
+from slixmpp.exceptions import IqError
+from slixmpp.xmlstream import ET
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from local_prosody import LocalProsody, ensure_prosody_installed, free_port  # noqa: E402
+
+from component.__main__ import Service  # noqa: E402
+from component.config import parse_config  # noqa: E402
+
+DOMAIN = "example.test"
+COMPONENT = "presence.example.test"
+SECRET = "e2e-component-secret"
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
+ADMIN_TOKEN = "e2e-admin-token"
+
+NS_CONF = "jabber:iq:configuration"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_ROSTER = "jabber:iq:roster"
+NS_DELAY = "urn:xmpp:delay"
+
+# Generous: these bound waits on a loaded CI machine, they never measure speed.
+TIMEOUT = 20.0
+
+ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def jid(name: str) -> str:
+    return f"{name}@{DOMAIN}"
+
+
+# ---- Prosody --------------------------------------------------------------------------
+
+
+def start_prosody(grant_roster: bool = True) -> tuple[LocalProsody, Path]:
+    """A started LocalProsody with the four users, in its own folder under /tmp.
+
+    The folder is made with `tempfile` rather than pytest's tmp_path: prosodyctl
+    drops to the `prosody` user, which cannot traverse pytest's 0700 base folder.
+    """
+    ensure_prosody_installed()
+    workdir = Path(tempfile.mkdtemp(prefix="e2e-prosody-"))
+    server = LocalProsody(
+        workdir,
+        domain=DOMAIN,
+        component_jid=COMPONENT,
+        component_secret=SECRET,
+        c2s_port=free_port(),
+        component_port=free_port(),
+        grant_roster=grant_roster,
+    )
+    try:
+        for name, password in PASSWORDS.items():
+            server.register(name, password)
+        server.start()
+    except BaseException:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return server, workdir
+
+
+@pytest.fixture(scope="session")
+def prosody() -> Iterator[LocalProsody]:
+    server, workdir = start_prosody()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def ensure_prosody_up(prosody: LocalProsody) -> LocalProsody:
+    """A test that stops the shared server must not leave it down for the next one."""
+    if not prosody.is_running():
+        prosody.start()
+    return prosody
+
+
+# ---- the service ----------------------------------------------------------------------
+
+
+def service_config(server: LocalProsody, db_path: Path, http_port: int, **component: Any) -> dict[str, Any]:
+    """The raw config (TOML-shaped) of a service attached to `server`."""
+    return {
+        "component": {
+            "jid": COMPONENT,
+            "secret": SECRET,
+            "server_host": "127.0.0.1",
+            "server_port": server.component_port,
+            # Short backoff so reconnection tests wait seconds, not half a minute.
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 1.0,
+            **component,
+        },
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "storage": {"path": str(db_path)},
+        "auth": {
+            "admin_token": ADMIN_TOKEN,
+            "c2s_host": "127.0.0.1",
+            "c2s_port": server.c2s_port,
+            "c2s_allow_plaintext": True,
+        },
+    }
+
+
+async def wait_for_health(
+    base_url: str, want: Callable[[int, dict[str, Any]], bool], timeout: float = TIMEOUT
+) -> tuple[int, dict[str, Any]]:
+    """Poll /healthz until `want(status, body)`; returns the last answer. Fails on timeout."""
+    last: tuple[int, Any] = (0, None)
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        async with http.get(f"{base_url}/healthz") as resp:
+                            last = (resp.status, await resp.json())
+                        if want(*last):
+                            return last
+                    except (aiohttp.ClientError, ValueError):
+                        pass
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"/healthz never matched within {timeout} s; last answer {last}") from None
+
+
+def healthy(roster: str = "granted") -> Callable[[int, dict[str, Any]], bool]:
+    expected = {"xmpp": "connected", "storage": "ok", "roster": roster}
+    return lambda status, body: status == 200 and body == expected
+
+
+@dataclass
+class RunningService:
+    service: Service
+    base_url: str
+    db_path: Path
+
+    @property
+    def db(self):
+        return self.service.db
+
+
+ServiceFactory = Callable[..., Awaitable[RunningService]]
+
+
+@pytest.fixture
+async def make_service(tmp_path: Path, xmpp_users) -> AsyncIterator[ServiceFactory]:
+    """Start `Service` in-process against a given Prosody; stopped at teardown.
+
+    It depends on `xmpp_users` so that services stop *before* the clients
+    disconnect: whatever a service sent reaches a live client, and nothing from
+    this test lands in Prosody's offline store for the next one.
+    """
+    started: list[Service] = []
+
+    async def make(server: LocalProsody, roster: str = "granted", **component: Any) -> RunningService:
+        port = free_port()
+        db_path = tmp_path / f"presence-{len(started)}.sqlite3"
+        config = parse_config(service_config(server, db_path, port, **component))
+        service = Service(config)
+        started.append(service)
+        await service.start()
+        base_url = f"http://127.0.0.1:{port}"
+        await wait_for_health(base_url, healthy(roster))
+        return RunningService(service, base_url, db_path)
+
+    yield make
+    for service in reversed(started):
+        await service.stop()
+
+
+@pytest.fixture
+async def service(make_service: ServiceFactory, ensure_prosody_up: LocalProsody) -> RunningService:
+    return await make_service(ensure_prosody_up)
+
+
+# ---- XMPP clients ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Management:
+    """One `<message type='management'/>` as a client saw it."""
+
+    sender: str  # the message's from (bare)
+    type: str | None  # the message's type attribute
+    handshake: dict[str, str]  # the <presencehandshake/> attributes
+
+
+class XmppUser:
+    """A real XMPP client (slixmpp) logged in to Prosody with plaintext SASL on loopback."""
+
+    def __init__(self, name: str, server: LocalProsody) -> None:
+        self.name = name
+        self.jid = jid(name)
+        self.server = server
+        self.client: slixmpp.ClientXMPP | None = None
+        self.management: asyncio.Queue[Management] = asyncio.Queue()
+        self.offline: list[Management] = []
+        self.roster_pushes: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    async def connect(self) -> XmppUser:
+        client = slixmpp.ClientXMPP(f"{self.jid}/e2e", PASSWORDS[self.name])
+        client.enable_starttls = False
+        client.enable_direct_tls = False
+        client.enable_plaintext = True
+        client.plugin["feature_mechanisms"].unencrypted_plain = True
+        client.register_plugin("xep_0030")
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def on_session_start(_event: object) -> None:
+            try:
+                # Prosody pushes roster changes only to resources that fetched the roster.
+                await client.get_roster(timeout=TIMEOUT)
+                client.send_presence()
+            except Exception as exc:  # surfaced to connect()'s caller
+                if not ready.done():
+                    ready.set_exception(exc)
+                return
+            if not ready.done():
+                ready.set_result(None)
+
+        def on_failure(event: object) -> None:
+            if not ready.done():
+                ready.set_exception(AssertionError(f"{self.jid} could not log in: {event!r}"))
+
+        # A slixmpp client fires no `message` event for type='management': catch it raw.
+        client.register_handler(
+            Callback(
+                "e2e management",
+                MatchXPath(f"{{jabber:client}}message/{{{NS_CONF}}}presencehandshake"),
+                self._on_management,
+            )
+        )
+        client.register_handler(
+            Callback("e2e roster push", MatchXPath(f"{{jabber:client}}iq/{{{NS_ROSTER}}}query"), self._on_roster_iq)
+        )
+        client.add_event_handler("session_start", on_session_start)
+        client.add_event_handler("failed_all_auth", on_failure)
+        client.add_event_handler("connection_failed", on_failure)
+        self.client = client
+        client.connect("127.0.0.1", self.server.c2s_port)
+        try:
+            await asyncio.wait_for(ready, TIMEOUT)
+        except BaseException:
+            await self.disconnect()
+            raise
+        return self
+
+    def _on_management(self, msg: slixmpp.Message) -> None:
+        child = msg.xml.find(f"{{{NS_CONF}}}presencehandshake")
+        seen = Management(msg["from"].bare, msg.xml.get("type"), dict(child.attrib))
+        if msg.xml.find(f"{{{NS_DELAY}}}delay") is not None:
+            # Stored by Prosody's mod_offline (autoloaded) while this account was
+            # offline, e.g. sent in an earlier test: not live traffic of this test.
+            self.offline.append(seen)
+        else:
+            self.management.put_nowait(seen)
+
+    def _on_roster_iq(self, iq: slixmpp.Iq) -> None:
+        if iq["type"] != "set":
+            return  # the answer to our own roster get
+        for item in iq.xml.iter(f"{{{NS_ROSTER}}}item"):
+            self.roster_pushes.put_nowait((item.get("jid"), item.get("subscription", "none")))
+
+    async def disconnect(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        self.client = None
+        if client.transport is not None:
+            try:
+                await asyncio.wait_for(client.disconnect(wait=2), 5)
+            except (TimeoutError, Exception):
+                client.abort()
+        client.cancel_connection_attempt()
+        task = getattr(client, "_run_out_filters", None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def reconnect(self) -> XmppUser:
+        await self.disconnect()
+        return await self.connect()
+
+    # -- waiting for what the service sends -------------------------------------------
+
+    async def next_management(self, count: int = 1) -> list[Management]:
+        """The next `count` management messages, in arrival order (fails after TIMEOUT)."""
+        out = []
+        async with asyncio.timeout(TIMEOUT):
+            for _ in range(count):
+                out.append(await self.management.get())
+        return out
+
+    async def roster_push_for(self, contact: str, subscription: str) -> list[tuple[str, str]]:
+        """Wait for a roster push of `contact` with `subscription`; returns every push seen up to it."""
+        seen = []
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                push = await self.roster_pushes.get()
+                seen.append(push)
+                if push == (contact, subscription):
+                    return seen
+
+    async def roster(self) -> dict[str, str]:
+        """A fresh roster fetch: contact JID -> subscription."""
+        assert self.client is not None
+        iq = self.client.make_iq_get(queryxmlns=NS_ROSTER)
+        result = await iq.send(timeout=TIMEOUT)
+        return {
+            item.get("jid"): item.get("subscription", "none")
+            for item in result.xml.iter(f"{{{NS_ROSTER}}}item")
+        }
+
+    # -- talking to the component -----------------------------------------------------
+
+    async def iq(self, itype: str, payload: ET.Element, to: str = COMPONENT) -> slixmpp.Iq:
+        """Send an IQ carrying `payload`; returns the answer, result or error alike."""
+        assert self.client is not None
+        iq = self.client.make_iq(ito=to, itype=itype)
+        iq.xml.append(payload)
+        try:
+            return await iq.send(timeout=TIMEOUT)
+        except IqError as exc:
+            return exc.iq
+
+    async def handshake(self, itype: str = "set", **attrs: str) -> slixmpp.Iq:
+        """`<presencehandshake xmlns='jabber:iq:configuration' .../>` to the component."""
+        return await self.iq(itype, ET.Element(f"{{{NS_CONF}}}presencehandshake", attrs))
+
+
+def handshake_of(answer: slixmpp.Iq) -> dict[str, str]:
+    """The <presencehandshake/> attributes of a result (asserting it is one)."""
+    assert answer["type"] == "result", f"expected a result, got {answer}"
+    child = answer.xml.find(f"{{{NS_CONF}}}presencehandshake")
+    assert child is not None, f"no presencehandshake in {answer}"
+    return dict(child.attrib)
+
+
+def error_condition(answer: slixmpp.Iq) -> str:
+    assert answer["type"] == "error", f"expected an error, got {answer}"
+    return answer["error"]["condition"]
+
+
+def management(handshake_id: str, action: str, side: str, status: str) -> Management:
+    """The seed's management message as the party on `side` must receive it."""
+    return Management(
+        COMPONENT, "management", {"id": handshake_id, "action": action, "type": side, "status": status}
+    )
+
+
+@pytest.fixture
+async def xmpp_users(prosody: LocalProsody) -> AsyncIterator[Callable[..., Awaitable[XmppUser]]]:
+    """Factory for connected clients; every one is disconnected at teardown."""
+    made: list[XmppUser] = []
+
+    async def connect(name: str, server: LocalProsody | None = None) -> XmppUser:
+        user = XmppUser(name, server or prosody)
+        made.append(user)
+        return await user.connect()
+
+    yield connect
+    for user in made:
+        await user.disconnect()
+
+
+@pytest.fixture
+async def alice(service: RunningService, xmpp_users) -> XmppUser:
+    return await xmpp_users("alice")
+
+
+@pytest.fixture
+async def bob(service: RunningService, xmpp_users) -> XmppUser:
+    return await xmpp_users("bob")
+
+
+@pytest.fixture
+async def carol(service: RunningService, xmpp_users) -> XmppUser:
+    return await xmpp_users("carol")
+
+
+@pytest.fixture
+async def dave(service: RunningService, xmpp_users) -> XmppUser:
+    return await xmpp_users("dave")
+
+
+# ---- REST ------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """A logged-in REST caller."""
+
+    token: str
+    user_id: str
+    jid: str
+
+    @property
+    def presences(self) -> str:
+        return f"/api/rainbow/enduser/v1.0/users/{self.user_id}/presences"
+
+
+class RestApi:
+    """Real HTTP calls on the bridge; answers are (status, parsed JSON or None)."""
+
+    LOGIN = "/api/rainbow/authentication/v1.0/login"
+    LOGOUT = "/api/rainbow/authentication/v1.0/logout"
+
+    def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
+        self.http = http
+        self.base_url = base_url
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        data: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+        params: Any = None,
+    ) -> tuple[int, Any]:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            data = json.dumps(body)
+            sent.setdefault("Content-Type", "application/json")
+        async with self.http.request(
+            method, self.base_url + path, data=data, headers=sent, params=params
+        ) as resp:
+            raw = await resp.read()
+            return resp.status, (json.loads(raw) if raw else None)
+
+    async def login(self, name: str, password: str | None = None) -> Session:
+        credentials = f"{jid(name)}:{password or PASSWORDS[name]}".encode()
+        status, body = await self.call(
+            "GET", self.LOGIN, headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+        )
+        assert status == 200, body
+        assert body["loggedInUser"]["jid_im"] == jid(name)
+        return Session(body["token"], body["loggedInUser"]["id"], jid(name))
+
+    # Shorthands for the presence-sharing paths; each returns (status, body).
+    async def create(self, who: Session, **body: str) -> tuple[int, Any]:
+        return await self.call("POST", who.presences, who.token, body=body)
+
+    async def transition(self, who: Session, request_id: str, action: str) -> tuple[int, Any]:
+        return await self.call("POST", f"{who.presences}/{request_id}/{action}", who.token)
+
+    async def get(self, who: Session, request_id: str, **params: str) -> tuple[int, Any]:
+        return await self.call("GET", f"{who.presences}/{request_id}", who.token, params=params)
+
+    async def list(self, who: Session, box: str, params: Any = None) -> tuple[int, Any]:
+        return await self.call("GET", f"{who.presences}/{box}", who.token, params=params)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+        yield session
+
+
+@pytest.fixture
+async def api(service: RunningService, http: aiohttp.ClientSession) -> RestApi:
+    return RestApi(http, service.base_url)
+
+
+def assert_rainbow_error(status: int, body: Any, expected_status: int, details_code: int) -> None:
+    """Rainbow's error envelope, exactly: {errorCode, errorMsg, errorDetails, errorDetailsCode}."""
+    assert status == expected_status, body
+    assert set(body) == {"errorCode", "errorMsg", "errorDetails", "errorDetailsCode"}, body
+    assert body["errorCode"] == expected_status
+    assert body["errorMsg"] == HTTPStatus(expected_status).phrase
+    assert isinstance(body["errorDetails"], str) and body["errorDetails"]
+    assert body["errorDetailsCode"] == details_code
