@@ -34,6 +34,7 @@ say "installing the project into $VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
 
 mkdir -p "$DEMO"
+DEMO_ABS=$(cd "$DEMO" && pwd)
 umask 077
 [ -s "$DEMO/secret" ] || "$VENV/bin/python" -c "import secrets; print(secrets.token_urlsafe(24))" > "$DEMO/secret"
 [ -s "$DEMO/admin_token" ] || "$VENV/bin/python" -c "import secrets; print(secrets.token_urlsafe(32))" > "$DEMO/admin_token"
@@ -54,7 +55,7 @@ host = "127.0.0.1"
 port = $HTTP_PORT
 
 [storage]
-path = "$DEMO/presence.sqlite3"
+path = "$DEMO_ABS/presence.sqlite3"
 
 [auth]
 admin_token = "$ADMIN_TOKEN"
@@ -63,18 +64,21 @@ c2s_port = $C2S_PORT
 c2s_allow_plaintext = true   # the demo Prosody has no TLS certificate; loopback only
 TOML
 
-# A Prosody left over from an earlier run that was killed hard would hold the ports.
-if [ -s "$DEMO/xmpp/prosody.pid" ] && kill -0 "$(cat "$DEMO/xmpp/prosody.pid")" 2>/dev/null; then
-  say "stopping the Prosody left over from an earlier run"
-  kill "$(cat "$DEMO/xmpp/prosody.pid")" 2>/dev/null || true
-  sleep 1
+# Processes left over from an earlier run that was killed hard would hold the ports;
+# they are recognised by this demo folder's absolute config paths.
+if pkill -f -- "--config $DEMO_ABS/xmpp/prosody.cfg.lua" 2>/dev/null; then
+  say "stopped a Prosody left over from an earlier run"
 fi
+if pkill -f -- "-m component --config $DEMO_ABS/config.toml" 2>/dev/null; then
+  say "stopped a service left over from an earlier run"
+fi
+sleep 0.5
 
 say "starting Prosody on 127.0.0.1 (c2s $C2S_PORT, component $COMPONENT_PORT)"
-"$VENV/bin/python" scripts/local_prosody.py up --dir "$DEMO/xmpp" --domain "$DOMAIN" \
+"$VENV/bin/python" scripts/local_prosody.py up --dir "$DEMO_ABS/xmpp" --domain "$DOMAIN" \
   --component-jid "$COMPONENT_JID" --secret "$SECRET" \
   --c2s-port "$C2S_PORT" --component-port "$COMPONENT_PORT" \
-  --user alice:alice-password --user bob:bob-password &
+  --user alice:alice-password --user bob:bob-password > >(tee "$DEMO_ABS/up.log") 2>&1 &
 PROSODY_PID=$!
 SERVICE_PID=""
 cleanup() {
@@ -84,15 +88,16 @@ cleanup() {
   say "stopped"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 
+# Wait for the `up` helper to report Prosody running (it exits on any failure, e.g. a port
+# already taken by another server).
 for _ in $(seq 1 100); do
-  if "$VENV/bin/python" -c "import socket,sys; socket.create_connection(('127.0.0.1', $COMPONENT_PORT), 0.2)" 2>/dev/null; then
-    break
-  fi
-  kill -0 "$PROSODY_PID" 2>/dev/null || { say "Prosody failed to start (see $DEMO/xmpp/prosody.log)"; exit 1; }
+  kill -0 "$PROSODY_PID" 2>/dev/null || { say "Prosody failed to start (see above and $DEMO_ABS/xmpp/prosody.log)"; exit 1; }
+  grep -q "^prosody running" "$DEMO_ABS/up.log" 2>/dev/null && break
   sleep 0.2
 done
+grep -q "^prosody running" "$DEMO_ABS/up.log" || { say "Prosody did not start within 20 s"; exit 1; }
 
 B="http://127.0.0.1:$HTTP_PORT"
 cat >&2 <<EOT
@@ -109,6 +114,6 @@ run.sh: the service is starting; REST on $B, XMPP users alice / bob (passwords a
 
 EOT
 
-"$VENV/bin/python" -m component --config "$DEMO/config.toml" &
+"$VENV/bin/python" -m component --config "$DEMO_ABS/config.toml" &
 SERVICE_PID=$!
 wait "$SERVICE_PID"
