@@ -56,6 +56,8 @@ class AuthConfig:
     token_ttl_s: int = 86400
     login_timeout_s: float = 10.0
     max_concurrent_logins: int = 8
+    # Bare JIDs allowed to set/reset presence states over XMPP (<presencestate/> IQ).
+    xmpp_admins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

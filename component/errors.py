@@ -20,10 +20,16 @@ class WireError:
     xmpp_condition: str
     http_status: int
     rainbow_code: int
+    # Kazoo's top-level "message" ("invalid data", "bad identifier", ...).
+    kazoo_message: str = ""
 
     @property
     def http_reason(self) -> str:
         return HTTPStatus(self.http_status).phrase
+
+    @property
+    def kazoo_text(self) -> str:
+        return self.kazoo_message or self.http_reason.lower()
 
 
 class DomainError(Exception):
@@ -31,29 +37,33 @@ class DomainError(Exception):
 
     wire: ClassVar[WireError]
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, field: str | None = None, rule: str | None = None) -> None:
+        """`field` and `rule` name the offending input where there is one (Kazoo's
+        per-field error `data`: {field: {rule: {"message": detail}}})."""
         super().__init__(detail)
         self.detail = detail
+        self.field = field
+        self.rule = rule
 
 
 class BadRequest(DomainError):
-    wire = WireError("modify", "bad-request", 400, 400000)
+    wire = WireError("modify", "bad-request", 400, 400000, "invalid data")
 
 
 class Unauthorized(DomainError):
-    wire = WireError("auth", "not-authorized", 401, 401000)
+    wire = WireError("auth", "not-authorized", 401, 401000, "invalid credentials")
 
 
 class Forbidden(DomainError):
-    wire = WireError("auth", "forbidden", 403, 403100)
+    wire = WireError("auth", "forbidden", 403, 403100, "forbidden")
 
 
 class NotFound(DomainError):
-    wire = WireError("cancel", "item-not-found", 404, 404001)
+    wire = WireError("cancel", "item-not-found", 404, 404001, "bad identifier")
 
 
 class Duplicate(DomainError):
-    wire = WireError("cancel", "conflict", 409, 409661)
+    wire = WireError("cancel", "conflict", 409, 409661, "conflicting documents")
 
 
 class WrongState(DomainError):

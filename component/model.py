@@ -35,13 +35,13 @@ def is_object_id(value: object) -> bool:
 
 def parse_user_id(value: object, field: str = "userId") -> UserId:
     if not is_object_id(value):
-        raise BadRequest(f"{field} must be a 24-character lowercase hex id")
+        raise BadRequest(f"{field} must be a 24-character lowercase hex id", field, "pattern")
     return UserId(value)  # type: ignore[arg-type]
 
 
 def parse_request_id(value: object, field: str = "presenceReqId") -> RequestId:
     if not is_object_id(value):
-        raise BadRequest(f"{field} must be a 24-character lowercase hex id")
+        raise BadRequest(f"{field} must be a 24-character lowercase hex id", field, "pattern")
     return RequestId(value)  # type: ignore[arg-type]
 
 
@@ -52,17 +52,17 @@ def parse_bare_jid(value: object, field: str = "jid") -> BareJid:
     PRECIS profiles do for every practical account name.
     """
     if not isinstance(value, str) or not value or len(value) > 2047:
-        raise BadRequest(f"{field} must be a bare JID such as user@example.org")
+        raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
     text = unicodedata.normalize("NFKC", value.strip()).lower()
     local, sep, domain = text.partition("@")
     if not sep or not local or "/" in domain or len(local) > 1023:
-        raise BadRequest(f"{field} must be a bare JID such as user@example.org")
+        raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
     if any(ch in _LOCALPART_FORBIDDEN for ch in local):
-        raise BadRequest(f"{field} must be a bare JID such as user@example.org")
+        raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
     domain = domain.rstrip(".")
     labels = domain.split(".")
     if len(domain) > 253 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
-        raise BadRequest(f"{field} must be a bare JID such as user@example.org")
+        raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
     return BareJid(f"{local}@{domain}")
 
 
@@ -112,3 +112,93 @@ class Page(Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+# ---- family 2: accounts, devices, extensions, subscriptions (Kazoo) -------------
+
+AccountId = NewType("AccountId", str)
+DeviceId = NewType("DeviceId", str)
+SubscriptionId = NewType("SubscriptionId", str)
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+# An extension is the localpart of `{extension}@{component}`: digits, `*`, `#`,
+# letters and a few separators (parking slots like *3101, SIP usernames).
+_EXTENSION = re.compile(r"[A-Za-z0-9*#+._~-]{1,64}")
+
+
+def new_account_id() -> str:
+    """A 32-hex id (128 random bits), the shape of Kazoo's account and device ids."""
+    return secrets.token_hex(16)
+
+
+def parse_account_id(value: object, field: str = "account_id") -> AccountId:
+    if not isinstance(value, str) or not _HEX32.fullmatch(value):
+        raise BadRequest(f"{field} must be a 32-character lowercase hex id", field, "pattern")
+    return AccountId(value)
+
+
+def parse_device_id(value: object, field: str = "device_id") -> DeviceId:
+    if not isinstance(value, str) or not _HEX32.fullmatch(value):
+        raise BadRequest(f"{field} must be a 32-character lowercase hex id", field, "pattern")
+    return DeviceId(value)
+
+
+def parse_extension(value: object, field: str = "extension") -> str:
+    if not isinstance(value, str) or not _EXTENSION.fullmatch(value):
+        raise BadRequest(
+            f"{field} must be 1-64 characters of letters, digits and * # + . _ ~ -", field, "pattern"
+        )
+    return value.lower()
+
+
+class PresenceState(StrEnum):
+    """Kazoo's dialog states for an extension."""
+
+    CONFIRMED = "confirmed"  # busy (on a call)
+    EARLY = "early"  # ringing
+    TERMINATED = "terminated"  # idle
+
+
+@dataclass(frozen=True)
+class Account:
+    id: AccountId
+    name: str
+    realm: str
+
+
+@dataclass(frozen=True)
+class AccountUser:
+    """A user provisioned in an account (same id as in family 1)."""
+
+    user: User
+    account_id: AccountId
+    username: str
+    presence_id: str | None
+
+
+@dataclass(frozen=True)
+class Device:
+    id: DeviceId
+    account_id: AccountId
+    name: str
+    sip_username: str
+    presence_id: str | None
+    owner_id: UserId | None
+
+    @property
+    def extension(self) -> str:
+        """Kazoo: the device's presence_id if present, otherwise its SIP username."""
+        return (self.presence_id or self.sip_username).lower()
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: SubscriptionId
+    realm: str
+    extension: str
+    event: str
+    subscriber: BareJid
+    created_at: int
+    notify_sequence: int
+    notify_body: str | None
+    version: int

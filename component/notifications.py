@@ -56,3 +56,30 @@ def subscription_for(sees_contact: bool, seen_by_contact: bool) -> str:
     if seen_by_contact:
         return "from"
     return "remove"
+
+
+# ---- family 2: presence of extensions --------------------------------------------
+
+PRESENCE = "presence"
+
+
+def extension_presence(
+    subscriber: BareJid,
+    extension: str,
+    state: str | None,
+    sequence: int | None = None,
+    presence_type: str | None = None,
+) -> Notification:
+    """Presence from `{extension}@{component}` to a subscriber.
+
+    `presence_type` is None for a state notification (available presence carrying
+    the state), or 'subscribed' / 'unsubscribed' / 'unavailable'.
+    """
+    payload: dict[str, Any] = {"extension": extension}
+    if presence_type is not None:
+        payload["type"] = presence_type
+    if state is not None:
+        payload["state"] = state
+    if sequence is not None:
+        payload["sequence"] = sequence
+    return Notification(PRESENCE, subscriber, payload)

@@ -80,4 +80,66 @@ async def _v1_initial(conn: aiosqlite.Connection) -> None:
     )
 
 
-UPGRADES: list[Upgrade] = [_v1_initial]
+async def _v2_presence_subscriptions(conn: aiosqlite.Connection) -> None:
+    """Family 2 (Kazoo): accounts, their users and devices, extension states, subscriptions."""
+    await _run_script(
+        conn,
+        """
+        CREATE TABLE accounts (
+            id          TEXT PRIMARY KEY,           -- 32 lowercase hex
+            name        TEXT NOT NULL,
+            realm       TEXT NOT NULL UNIQUE,       -- a served XMPP domain
+            created_at  INTEGER NOT NULL
+        ) WITHOUT ROWID;
+
+        -- A provisioned user: the family 1 user (same id) plus its Kazoo fields.
+        CREATE TABLE account_users (
+            user_id     TEXT PRIMARY KEY REFERENCES users(id),
+            account_id  TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            username    TEXT NOT NULL,
+            presence_id TEXT,
+            created_at  INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX account_users_by_account ON account_users(account_id, created_at, user_id);
+
+        CREATE TABLE devices (
+            id            TEXT PRIMARY KEY,         -- 32 lowercase hex
+            account_id    TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            name          TEXT NOT NULL,
+            sip_username  TEXT NOT NULL,
+            presence_id   TEXT,
+            owner_id      TEXT REFERENCES users(id),  -- the device's manager
+            created_at    INTEGER NOT NULL,
+            UNIQUE (account_id, sip_username)
+        ) WITHOUT ROWID;
+        CREATE INDEX devices_by_account ON devices(account_id, created_at, id);
+        CREATE INDEX devices_by_owner ON devices(owner_id);
+
+        -- Extensions are scoped by realm: `101@component` subscribed from example.org
+        -- and from example.net are two extensions of two accounts. No row = terminated.
+        CREATE TABLE extension_states (
+            realm       TEXT NOT NULL,
+            extension   TEXT NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('confirmed', 'early', 'terminated')),
+            updated_at  INTEGER NOT NULL,
+            PRIMARY KEY (realm, extension)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE subscriptions (
+            id               TEXT PRIMARY KEY,
+            realm            TEXT NOT NULL,
+            extension        TEXT NOT NULL,
+            event            TEXT NOT NULL,          -- 'presence' for XMPP subscriptions
+            subscriber       TEXT NOT NULL,          -- bare JID
+            created_at       INTEGER NOT NULL,
+            notify_sequence  INTEGER NOT NULL DEFAULT 0,
+            notify_body      TEXT,
+            version          INTEGER NOT NULL DEFAULT 1,
+            UNIQUE (realm, extension, event, subscriber)
+        ) WITHOUT ROWID;
+        CREATE INDEX subscriptions_by_subscriber ON subscriptions(subscriber);
+        """,
+    )
+
+
+UPGRADES: list[Upgrade] = [_v1_initial, _v2_presence_subscriptions]

@@ -1,0 +1,196 @@
+"""Accounts (tenants), their provisioned users and their devices (family 2)."""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from component.model import (
+    Account,
+    AccountId,
+    AccountUser,
+    BareJid,
+    Device,
+    DeviceId,
+    User,
+    UserId,
+)
+
+
+async def insert_account(conn: aiosqlite.Connection, account: Account, now_ms: int) -> None:
+    await conn.execute(
+        "INSERT INTO accounts (id, name, realm, created_at) VALUES (?, ?, ?, ?)",
+        (account.id, account.name, account.realm, now_ms),
+    )
+
+
+async def get_account(conn: aiosqlite.Connection, account_id: AccountId) -> Account | None:
+    async with conn.execute(
+        "SELECT id, name, realm FROM accounts WHERE id = ?", (account_id,)
+    ) as cur:
+        row = await cur.fetchone()
+    return Account(AccountId(row[0]), row[1], row[2]) if row else None
+
+
+async def account_for_realm(conn: aiosqlite.Connection, realm: str) -> Account | None:
+    async with conn.execute(
+        "SELECT id, name, realm FROM accounts WHERE realm = ?", (realm,)
+    ) as cur:
+        row = await cur.fetchone()
+    return Account(AccountId(row[0]), row[1], row[2]) if row else None
+
+
+async def list_accounts(conn: aiosqlite.Connection) -> list[Account]:
+    async with conn.execute("SELECT id, name, realm FROM accounts ORDER BY realm") as cur:
+        rows = await cur.fetchall()
+    return [Account(AccountId(r[0]), r[1], r[2]) for r in rows]
+
+
+async def delete_account(conn: aiosqlite.Connection, account_id: AccountId) -> bool:
+    cur = await conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+    return cur.rowcount == 1
+
+
+_USER_SELECT = (
+    "SELECT u.id, u.jid, au.account_id, au.username, au.presence_id"
+    " FROM account_users au JOIN users u ON u.id = au.user_id"
+)
+
+
+def _account_user(row: aiosqlite.Row) -> AccountUser:
+    return AccountUser(User(UserId(row[0]), BareJid(row[1])), AccountId(row[2]), row[3], row[4])
+
+
+async def upsert_account_user(
+    conn: aiosqlite.Connection,
+    user_id: UserId,
+    account_id: AccountId,
+    username: str,
+    presence_id: str | None,
+    now_ms: int,
+) -> bool:
+    """Provision the user in the account; False if it already was (nothing changed)."""
+    cur = await conn.execute(
+        "INSERT INTO account_users (user_id, account_id, username, presence_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO NOTHING",
+        (user_id, account_id, username, presence_id, now_ms),
+    )
+    return cur.rowcount == 1
+
+
+async def get_account_user(
+    conn: aiosqlite.Connection, account_id: AccountId, user_id: UserId
+) -> AccountUser | None:
+    async with conn.execute(
+        _USER_SELECT + " WHERE au.account_id = ? AND au.user_id = ?", (account_id, user_id)
+    ) as cur:
+        row = await cur.fetchone()
+    return _account_user(row) if row else None
+
+
+async def list_account_users(conn: aiosqlite.Connection, account_id: AccountId) -> list[AccountUser]:
+    async with conn.execute(
+        _USER_SELECT + " WHERE au.account_id = ? ORDER BY au.created_at, au.user_id", (account_id,)
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_account_user(r) for r in rows]
+
+
+async def delete_account_user(
+    conn: aiosqlite.Connection, account_id: AccountId, user_id: UserId
+) -> bool:
+    """Unprovision; the user (and its family 1 id and requests) stays, and the devices
+    it managed are left without a manager."""
+    cur = await conn.execute(
+        "DELETE FROM account_users WHERE account_id = ? AND user_id = ?", (account_id, user_id)
+    )
+    await conn.execute(
+        "UPDATE devices SET owner_id = NULL WHERE account_id = ? AND owner_id = ?",
+        (account_id, user_id),
+    )
+    return cur.rowcount == 1
+
+
+_DEVICE_SELECT = (
+    "SELECT id, account_id, name, sip_username, presence_id, owner_id FROM devices"
+)
+
+
+def _device(row: aiosqlite.Row) -> Device:
+    return Device(
+        DeviceId(row[0]),
+        AccountId(row[1]),
+        row[2],
+        row[3],
+        row[4],
+        UserId(row[5]) if row[5] else None,
+    )
+
+
+async def insert_device(conn: aiosqlite.Connection, device: Device, now_ms: int) -> None:
+    await conn.execute(
+        "INSERT INTO devices (id, account_id, name, sip_username, presence_id, owner_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            device.id,
+            device.account_id,
+            device.name,
+            device.sip_username,
+            device.presence_id,
+            device.owner_id,
+            now_ms,
+        ),
+    )
+
+
+async def sip_username_taken(
+    conn: aiosqlite.Connection, account_id: AccountId, sip_username: str
+) -> bool:
+    async with conn.execute(
+        "SELECT 1 FROM devices WHERE account_id = ? AND sip_username = ?",
+        (account_id, sip_username),
+    ) as cur:
+        return await cur.fetchone() is not None
+
+
+async def get_device(
+    conn: aiosqlite.Connection, account_id: AccountId, device_id: DeviceId
+) -> Device | None:
+    async with conn.execute(
+        _DEVICE_SELECT + " WHERE account_id = ? AND id = ?", (account_id, device_id)
+    ) as cur:
+        row = await cur.fetchone()
+    return _device(row) if row else None
+
+
+async def device_by_id(conn: aiosqlite.Connection, device_id: DeviceId) -> Device | None:
+    async with conn.execute(_DEVICE_SELECT + " WHERE id = ?", (device_id,)) as cur:
+        row = await cur.fetchone()
+    return _device(row) if row else None
+
+
+async def list_devices(conn: aiosqlite.Connection, account_id: AccountId) -> list[Device]:
+    async with conn.execute(
+        _DEVICE_SELECT + " WHERE account_id = ? ORDER BY created_at, id", (account_id,)
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_device(r) for r in rows]
+
+
+async def devices_owned_by(
+    conn: aiosqlite.Connection, account_id: AccountId, owner_id: UserId
+) -> list[Device]:
+    async with conn.execute(
+        _DEVICE_SELECT + " WHERE owner_id = ? AND account_id = ? ORDER BY created_at, id",
+        (owner_id, account_id),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_device(r) for r in rows]
+
+
+async def delete_device(
+    conn: aiosqlite.Connection, account_id: AccountId, device_id: DeviceId
+) -> bool:
+    cur = await conn.execute(
+        "DELETE FROM devices WHERE account_id = ? AND id = ?", (account_id, device_id)
+    )
+    return cur.rowcount == 1
