@@ -2,7 +2,7 @@
 
 Delivery is at-least-once. Rows are deleted only after the server has taken
 them: roster sets when their IQ result (or a final error) comes back, messages
-once a ping sent after them is answered (the stream is ordered, so the server
+and presences once a ping sent after them is answered (the stream is ordered, so the server
 has processed every message before the ping). A stream that drops mid-batch
 leaves the rows in place; they are sent again after the next reconnect, with
 the same stanza id (`ph-{row id}`) so clients can drop duplicates.
@@ -15,7 +15,7 @@ import logging
 from collections import defaultdict
 from typing import Protocol
 
-from component.notifications import MESSAGE, ROSTER
+from component.notifications import MESSAGE, PRESENCE, ROSTER
 from storage import Database, outbox
 from storage.outbox import OutboxRow
 
@@ -36,6 +36,8 @@ class Transport(Protocol):
     def roster_allowed(self, owner: str) -> bool: ...
 
     def send_management(self, row: OutboxRow) -> None: ...
+
+    def send_presence(self, row: OutboxRow) -> None: ...
 
     async def set_roster_item(self, row: OutboxRow) -> None:
         """Raises TransportGone when the stream drops before the answer."""
@@ -102,6 +104,8 @@ class OutboxDispatcher:
         for row in rows:
             if row.kind == MESSAGE:
                 self.transport.send_management(row)
+            elif row.kind == PRESENCE:
+                self.transport.send_presence(row)
             elif row.kind == ROSTER:
                 if self.transport.roster_allowed(row.recipient):
                     by_owner[row.recipient].append(row)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from slixmpp import JID, Iq, Message
 from slixmpp.plugins.xep_0356 import stanza as privilege_stanza
 from slixmpp.xmlstream import ET
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import StanzaPath
 
 NS_ROSTER = "jabber:iq:roster"
 NS_PRIVILEGE = "urn:xmpp:privilege:2"
@@ -82,3 +84,39 @@ def dispose(xmpp) -> None:
     task = getattr(xmpp, "_run_out_filters", None)
     if task is not None and not task.done():
         task.cancel()
+
+
+_ROSTER_PRESENCE_EVENTS = {
+    "presence_available": "_handle_available",
+    "presence_dnd": "_handle_available",
+    "presence_xa": "_handle_available",
+    "presence_chat": "_handle_available",
+    "presence_away": "_handle_available",
+    "presence_unavailable": "_handle_unavailable",
+    "presence_subscribe": "_handle_subscribe",
+    "presence_subscribed": "_handle_subscribed",
+    "presence_unsubscribe": "_handle_unsubscribe",
+    "presence_unsubscribed": "_handle_unsubscribed",
+    "roster_subscription_request": "_handle_new_subscription",
+    "presence_probe": "_handle_probe",
+}
+
+
+def detach_roster(xmpp) -> None:
+    """Stop slixmpp's in-memory roster from handling presence for the component.
+
+    It keeps a node per (to, from) pair seen, forever (memory grows with every
+    subscriber), answers probes for contacts it does not know with `unsubscribed`
+    (downgrading the rosters we push), and has its own subscription logic. The
+    component answers subscriptions and probes from the database instead; the
+    `presence_*` events still fire. Remove when slixmpp lets a component opt out.
+    """
+    for event, method in _ROSTER_PRESENCE_EVENTS.items():
+        xmpp.del_event_handler(event, getattr(xmpp, method))
+    xmpp.remove_handler("Presence")
+
+    def fire_events(presence) -> None:
+        xmpp.event("presence", presence)
+        xmpp.event(f"presence_{presence['type']}", presence)
+
+    xmpp.register_handler(Callback("Presence", StanzaPath("presence"), fire_events))

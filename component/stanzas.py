@@ -9,6 +9,9 @@ from slixmpp.plugins.xep_0059 import stanza as rsm
 from slixmpp.xmlstream import ElementBase, register_stanza_plugin
 
 NS_CONFIGURATION = "jabber:iq:configuration"
+# Our own namespace for family 2: the dialog state child of extension presence,
+# and the admin IQ that sets or resets it.
+NS_PRESENCE_STATE = "urn:xmpp:presence-consent:0"
 
 
 class PresenceHandshake(ElementBase):
@@ -44,7 +47,17 @@ class PresenceHandshakes(ElementBase):
     interfaces: ClassVar[set[str]] = {"type", "status"}
 
 
+class PresenceStateCommand(ElementBase):
+    """`<presencestate extension='*3101' action='set|reset' state='confirmed'/>` (admins only)."""
+
+    namespace = NS_PRESENCE_STATE
+    name = "presencestate"
+    plugin_attrib = "presencestate"
+    interfaces: ClassVar[set[str]] = {"extension", "action", "state", "realm"}
+
+
 def register() -> None:
+    register_stanza_plugin(Iq, PresenceStateCommand)
     register_stanza_plugin(Iq, PresenceHandshake)
     register_stanza_plugin(Iq, PresenceHandshakes)
     register_stanza_plugin(PresenceHandshakes, PresenceHandshake, iterable=True)

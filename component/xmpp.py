@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from slixmpp import ComponentXMPP, Iq, Message
+from slixmpp import ComponentXMPP, Iq, Message, Presence
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback, CoroutineCallback
@@ -25,6 +25,7 @@ from component.clock import iso_ms
 from component.commands import (
     CreatePresenceRequest,
     ListPresenceRequests,
+    StateChange,
     Transition,
     TransitionPresenceRequest,
     parse_bounded_int,
@@ -39,13 +40,26 @@ from component.model import (
     parse_bare_jid,
     parse_request_id,
 )
-from component.slixfix import PrivilegeGrants, management_message, privileged_roster_set
-from component.stanzas import NS_CONFIGURATION
+from component.slixfix import (
+    PrivilegeGrants,
+    detach_roster,
+    management_message,
+    privileged_roster_set,
+)
+from component.stanzas import NS_CONFIGURATION, NS_PRESENCE_STATE
+from component.subscriptions import PresenceStates
 from storage.outbox import OutboxRow
 
 log = logging.getLogger(__name__)
 
 NS_PING = "urn:xmpp:ping"
+# Dialog state -> (<show/>, <status/>): idle reads as available, ringing as away,
+# busy as do-not-disturb (the colours a BLF lamp would show).
+STATE_PRESENCE: dict[str, tuple[str | None, str]] = {
+    "terminated": (None, "Idle"),
+    "early": ("away", "Ringing"),
+    "confirmed": ("dnd", "Busy"),
+}
 NS_RSM = "http://jabber.org/protocol/rsm"
 IQ_TIMEOUT_S = 15
 DEFAULT_PAGE = 100
@@ -88,7 +102,9 @@ class PresenceComponent(ComponentXMPP):
         config: ComponentConfig,
         identity: Identity,
         sharing: PresenceSharing,
+        states: PresenceStates,
         max_page_size: int = 1000,
+        admins: frozenset[str] = frozenset(),
     ) -> None:
         # fix_error_ns: without it slixmpp looks for <error/> in jabber:client and
         # reports every error from the server as feature-not-implemented.
@@ -98,6 +114,8 @@ class PresenceComponent(ComponentXMPP):
         self.config = config
         self.identity = identity
         self.sharing = sharing
+        self.states = states
+        self.admins = admins
         self.max_page_size = max_page_size
         self.served_domains = config.served_domains()
         self.dispatcher: OutboxDispatcher | None = None
@@ -119,9 +137,17 @@ class PresenceComponent(ComponentXMPP):
         self.plugin["xep_0030"].add_feature(NS_CONFIGURATION)
         self.plugin["xep_0030"].add_feature(NS_RSM)  # list IQs page with XEP-0059
 
-        # slixmpp answers probes from its own empty roster with `unsubscribed`,
-        # which would downgrade the rosters we push; we answer nothing instead.
-        self.del_event_handler("presence_probe", self._handle_probe)
+        # Subscriptions and probes are answered from the database, not from
+        # slixmpp's in-memory roster (see slixfix.detach_roster).
+        detach_roster(self)
+        self.register_handler(
+            CoroutineCallback("extension presence", StanzaPath("presence"), self.on_presence)
+        )
+        self.register_handler(
+            CoroutineCallback(
+                "presencestate iq", StanzaPath("iq/presencestate"), self.on_state_iq
+            )
+        )
 
         # Registered before connect(): the advertisement follows the handshake at once.
         self.register_handler(
@@ -310,6 +336,79 @@ class PresenceComponent(ComponentXMPP):
         result_set["count"] = str(page.total)
         return reply
 
+    @answers_errors
+    async def on_state_iq(self, iq: Iq) -> Iq:
+        """Set or reset an extension's state: XMPP admins only ([auth] xmpp_admins)."""
+        sender = iq["from"]
+        if iq["type"] != "set":
+            raise BadRequest("presencestate is changed with a set")
+        if sender.bare.lower() not in self.admins:
+            raise Forbidden("only the service's XMPP admins may change presence states")
+        command = iq["presencestate"]
+        change = StateChange.from_body(
+            {"action": command["action"], **({"state": command["state"]} if command["state"] else {})}
+        )
+        realm = command["realm"].lower() or sender.domain
+        if realm not in self.served_domains:
+            raise BadRequest(f"realm must be a served domain, not {realm}")
+        await self.states.change_by_realm(realm, command["extension"], change)
+        reply = iq.reply(clear=True)
+        result = reply["presencestate"]
+        result["extension"] = command["extension"].lower()
+        result["realm"] = realm
+        result["state"] = change.target_state
+        return reply
+
+    # ---- inbound presence (family 2 subscriptions) ------------------------------
+
+    async def on_presence(self, presence: Presence) -> None:
+        """Subscriptions and probes addressed to `{extension}@{component}`."""
+        extension = presence["to"].user
+        kind = presence["type"]
+        if not extension or kind not in ("subscribe", "unsubscribe", "probe"):
+            return  # presence to the component itself, or directed availability: nothing to do
+        sender = presence["from"]
+        try:
+            if not sender.user:
+                raise Forbidden("only user accounts may subscribe")
+            subscriber = parse_bare_jid(sender.bare, "from")
+            if kind == "subscribe":
+                await self.states.subscribe(subscriber, extension)
+            elif kind == "unsubscribe":
+                await self.states.unsubscribe(subscriber, extension)
+            else:
+                state = await self.states.probe(subscriber, extension)
+                if state is None:
+                    # RFC 6121 section 4.3.2: a probe from a non-subscriber gets `unsubscribed`.
+                    self._presence(sender.bare, extension, "unsubscribed").send()
+                else:
+                    self._state_presence(sender.bare, extension, state.value, None).send()
+        except DomainError as exc:
+            log.info("presence %s from %s to %s refused: %s", kind, sender, presence["to"], exc.detail)
+            if kind in ("subscribe", "probe"):
+                # RFC 6121 section 3.2: denying a subscription is answering `unsubscribed`.
+                self._presence(sender.bare, extension, "unsubscribed").send()
+        except Exception:
+            log.exception("presence %s from %s to %s: unexpected error", kind, sender, presence["to"])
+
+    def _presence(self, to: object, extension: str, ptype: str | None = None) -> Presence:
+        pres = self.make_presence(pto=to, pfrom=f"{extension}@{self.boundjid.bare}")
+        if ptype is not None:
+            pres["type"] = ptype
+        return pres
+
+    def _state_presence(self, to: object, extension: str, state: str, sequence: int | None) -> Presence:
+        """Available presence showing a dialog state; the raw state in a namespaced child."""
+        pres = self._presence(to, extension)
+        show, status = STATE_PRESENCE[state]
+        if show:
+            pres["show"] = show
+        pres["status"] = status
+        child = ET.SubElement(pres.xml, f"{{{NS_PRESENCE_STATE}}}dialog", {"state": state})
+        if sequence is not None:
+            child.attrib["sequence"] = str(sequence)
+        return pres
+
     def _request_reply(self, iq: Iq, request: PresenceRequest, action: str | None = None) -> Iq:
         reply = iq.reply(clear=True)
         item = reply["presencehandshake"]
@@ -339,6 +438,17 @@ class PresenceComponent(ComponentXMPP):
         msg = management_message(self, row.recipient, self.boundjid.bare, f"ph-{row.id}")
         ET.SubElement(msg.xml, f"{{{NS_CONFIGURATION}}}presencehandshake", row.payload["handshake"])
         msg.send()
+
+    def send_presence(self, row: OutboxRow) -> None:
+        payload = row.payload
+        if "state" in payload and "type" not in payload:
+            pres = self._state_presence(
+                row.recipient, payload["extension"], payload["state"], payload.get("sequence")
+            )
+        else:
+            pres = self._presence(row.recipient, payload["extension"], payload["type"])
+        pres["id"] = f"ps-{row.id}"
+        pres.send()
 
     async def set_roster_item(self, row: OutboxRow) -> None:
         item = row.payload
