@@ -20,6 +20,8 @@ from component.clock import Clock
 from component.config import Config, ConfigError, load_config
 from component.delivery import OutboxDispatcher
 from component.login import XmppPasswordVerifier
+from component.provisioning import Provisioning
+from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
 from http_bridge import Services, build_app
 from storage import Database, SchemaTooNew
@@ -57,17 +59,36 @@ class Service:
             config.auth.login_timeout_s,
             config.auth.max_concurrent_logins,
         )
-        self.identity = Identity(self.db, self.clock, served, verifier, config.auth.token_ttl_s)
+        self.identity = Identity(
+            self.db, self.clock, served, verifier, config.auth.token_ttl_s, config.auth.admin_token
+        )
         self.sharing = PresenceSharing(
             self.db, self.clock, served, self._outbox_written, config.limits.max_pending_sent
         )
+        self.provisioning = Provisioning(self.db, self.clock, served)
+        self.states = PresenceStates(
+            self.db, self.clock, served, self.provisioning, self._outbox_written
+        )
         self.xmpp = PresenceComponent(
-            config.component, self.identity, self.sharing, config.limits.max_page_size
+            config.component,
+            self.identity,
+            self.sharing,
+            self.states,
+            config.limits.max_page_size,
+            frozenset(a.lower() for a in config.auth.xmpp_admins),
         )
         self.dispatcher = OutboxDispatcher(self.db, self.xmpp)
         self.xmpp.dispatcher = self.dispatcher
         self.app = build_app(
-            Services(self.identity, self.sharing, self.health, config.limits.max_page_size),
+            Services(
+                self.identity,
+                self.sharing,
+                self.health,
+                config.limits.max_page_size,
+                self.provisioning,
+                self.states,
+                config.component.jid,
+            ),
             config.http.max_body_bytes,
         )
         self._runner: web.AppRunner | None = None

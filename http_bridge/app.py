@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, WireError
-from http_bridge import rainbow
+from http_bridge import kazoo, rainbow
 from http_bridge.context import REQUEST_ID, SERVICES, USER_JID, Services
 from http_bridge.envelopes import render_error
 
@@ -47,7 +47,7 @@ async def error_envelopes(request: web.Request, handler: Callable[[web.Request],
     try:
         return await handler(request)
     except DomainError as exc:
-        return render_error(request, exc.wire, exc.detail)
+        return render_error(request, exc.wire, exc.detail, exc.field, exc.rule)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -81,5 +81,6 @@ def build_app(services: Services, max_body_bytes: int = 16 * 1024) -> web.Applic
     app[SERVICES] = services
     app.router.add_get("/healthz", healthz)
     rainbow.add_routes(app)
+    kazoo.add_routes(app)
     return app
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from component.actions import Identity, PresenceSharing
+from component.provisioning import Provisioning
+from component.subscriptions import PresenceStates
 
 HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
 
@@ -18,6 +20,10 @@ class Services:
     sharing: PresenceSharing
     health: HealthCheck
     max_page_size: int = 1000
+    provisioning: Provisioning | None = None
+    states: PresenceStates | None = None
+    # Reported as each subscription's `stalker` (who holds it) in family 2 listings.
+    component_jid: str = ""
 
 
 SERVICES = web.AppKey("services", Services)

@@ -1,18 +1,65 @@
-"""Error bodies, one per REST family, rendered from the one error table."""
+"""Response bodies, one shape per REST family, rendered from the one error table.
+
+The family is chosen by path: `/v2/accounts...` is Kazoo, everything else
+(Rainbow paths, /healthz, unknown paths) uses Rainbow's envelope.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from aiohttp import web
 
 from component.errors import WireError
+from http_bridge.context import REQUEST_ID
+from http_bridge.inputs import bearer_token
+
+KAZOO_PREFIX = "/v2/accounts"
 
 
-def render_error(request: web.Request, wire: WireError, detail: str) -> web.Response:
-    """The family's error envelope for `wire` (Rainbow's for its paths and anything unmatched)."""
-    body = {
-        "errorCode": wire.http_status,
-        "errorMsg": wire.http_reason,
-        "errorDetails": detail,
-        "errorDetailsCode": wire.rainbow_code,
-    }
+def is_kazoo(request: web.Request) -> bool:
+    return request.path == KAZOO_PREFIX or request.path.startswith(KAZOO_PREFIX + "/")
+
+
+def render_error(
+    request: web.Request,
+    wire: WireError,
+    detail: str,
+    field: str | None = None,
+    rule: str | None = None,
+) -> web.Response:
+    """The family's error envelope for `wire`."""
+    if is_kazoo(request):
+        data: dict[str, Any] = (
+            {field: {rule or "invalid": {"message": detail}}} if field else {"message": detail}
+        )
+        body: dict[str, Any] = {
+            "auth_token": bearer_token(request) or "",
+            "data": data,
+            "error": str(wire.http_status),
+            "message": wire.kazoo_text,
+            "request_id": request.get(REQUEST_ID, ""),
+            "status": "error",
+        }
+    else:
+        body = {
+            "errorCode": wire.http_status,
+            "errorMsg": wire.http_reason,
+            "errorDetails": detail,
+            "errorDetailsCode": wire.rainbow_code,
+        }
     return web.json_response(body, status=wire.http_status)
+
+
+def kazoo_envelope(request: web.Request, data: Any, status: int = 200) -> web.Response:
+    """Kazoo's success envelope: auth_token, data, request_id, revision, status."""
+    return web.json_response(
+        {
+            "auth_token": bearer_token(request) or "",
+            "data": data,
+            "request_id": request.get(REQUEST_ID, ""),
+            "revision": "undefined",
+            "status": "success",
+        },
+        status=status,
+    )

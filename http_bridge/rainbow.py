@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +27,7 @@ from component.model import (
     parse_user_id,
 )
 from http_bridge.context import USER_JID, services_of
+from http_bridge.inputs import bearer_token, read_json_object
 
 AUTH = "/api/rainbow/authentication/v1.0"
 PRESENCES = "/api/rainbow/enduser/v1.0/users/{userId}/presences"
@@ -77,14 +77,6 @@ def user_json(user: User) -> dict[str, Any]:
 # ---- auth --------------------------------------------------------------------------
 
 
-def bearer_token(request: web.Request) -> str | None:
-    """The caller's token from any of the three header styles the families use."""
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return request.headers.get("X-Auth-Token") or request.headers.get("Access-Token") or None
-
-
 async def caller(request: web.Request) -> User:
     user = await services_of(request).identity.authenticate(bearer_token(request))
     request[USER_JID] = user.jid
@@ -124,19 +116,6 @@ async def logout(request: web.Request) -> web.Response:
 
 
 # ---- presence sharing --------------------------------------------------------------
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # bounded by client_max_size: 413 beyond it
-    if not raw.strip():
-        raise BadRequest("a JSON object body is required")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("body is not valid JSON") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
 
 
 async def create_request(request: web.Request) -> web.Response:
