@@ -11,7 +11,10 @@ free at run time; every server a fixture starts, it stops.
 - `alice`, `bob`, `carol`, `dave` (function): connected slixmpp clients that
   fetched their roster, sent initial presence, and collect management messages
   and roster pushes (`XmppUser`).
-- `api` (function): an aiohttp client on the service's REST bridge (`RestApi`).
+- `api` (function): an aiohttp client on the service's REST bridge (`RestApi`);
+  `RestApi.kazoo` calls the Kazoo paths with `X-Auth-Token` (the admin token by default).
+- `XmppUser` also collects the presence it receives from extensions
+  (`{extension}@presence.example.test`, family 2) as `ExtensionPresence`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ NS_CONF = "jabber:iq:configuration"
 NS_RSM = "http://jabber.org/protocol/rsm"
 NS_ROSTER = "jabber:iq:roster"
 NS_DELAY = "urn:xmpp:delay"
+NS_PRESENCE_STATE = "urn:xmpp:presence-consent:0"
 
 # Generous: these bound waits on a loaded CI machine, they never measure speed.
 TIMEOUT = 20.0
@@ -117,8 +121,10 @@ def ensure_prosody_up(prosody: LocalProsody) -> LocalProsody:
 # ---- the service ----------------------------------------------------------------------
 
 
-def service_config(server: LocalProsody, db_path: Path, http_port: int, **component: Any) -> dict[str, Any]:
-    """The raw config (TOML-shaped) of a service attached to `server`."""
+def service_config(
+    server: LocalProsody, db_path: Path, http_port: int, auth: dict[str, Any] | None = None, **component: Any
+) -> dict[str, Any]:
+    """The raw config (TOML-shaped) of a service attached to `server`; `auth` adds [auth] keys."""
     return {
         "component": {
             "jid": COMPONENT,
@@ -137,6 +143,7 @@ def service_config(server: LocalProsody, db_path: Path, http_port: int, **compon
             "c2s_host": "127.0.0.1",
             "c2s_port": server.c2s_port,
             "c2s_allow_plaintext": True,
+            **(auth or {}),
         },
     }
 
@@ -191,10 +198,12 @@ async def make_service(tmp_path: Path, xmpp_users) -> AsyncIterator[ServiceFacto
     """
     started: list[Service] = []
 
-    async def make(server: LocalProsody, roster: str = "granted", **component: Any) -> RunningService:
+    async def make(
+        server: LocalProsody, roster: str = "granted", auth: dict[str, Any] | None = None, **component: Any
+    ) -> RunningService:
         port = free_port()
         db_path = tmp_path / f"presence-{len(started)}.sqlite3"
-        config = parse_config(service_config(server, db_path, port, **component))
+        config = parse_config(service_config(server, db_path, port, auth, **component))
         service = Service(config)
         started.append(service)
         await service.start()
@@ -224,20 +233,37 @@ class Management:
     handshake: dict[str, str]  # the <presencehandshake/> attributes
 
 
+@dataclass(frozen=True)
+class ExtensionPresence:
+    """One presence stanza from `{extension}@{component}` as a client saw it (family 2)."""
+
+    sender: str  # the stanza's from, e.g. '*3101@presence.example.test'
+    type: str | None = None  # None for available presence
+    show: str | None = None
+    status: str | None = None
+    state: str | None = None  # <dialog state=.../> in NS_PRESENCE_STATE
+    sequence: str | None = None  # <dialog sequence=.../>
+
+
 class XmppUser:
     """A real XMPP client (slixmpp) logged in to Prosody with plaintext SASL on loopback."""
 
-    def __init__(self, name: str, server: LocalProsody) -> None:
+    def __init__(self, name: str, server: LocalProsody, resource: str = "e2e") -> None:
         self.name = name
         self.jid = jid(name)
         self.server = server
+        self.resource = resource
         self.client: slixmpp.ClientXMPP | None = None
         self.management: asyncio.Queue[Management] = asyncio.Queue()
         self.offline: list[Management] = []
         self.roster_pushes: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        # Kept across reconnects: a probe answer arrives right after the login.
+        self.extension_presence: asyncio.Queue[ExtensionPresence] = asyncio.Queue()
 
-    async def connect(self) -> XmppUser:
-        client = slixmpp.ClientXMPP(f"{self.jid}/e2e", PASSWORDS[self.name])
+    async def connect(self, available: bool = True) -> XmppUser:
+        """Log in and fetch the roster; with `available`, also send initial presence
+        (which makes Prosody probe every contact the account is subscribed to)."""
+        client = slixmpp.ClientXMPP(f"{self.jid}/{self.resource}", PASSWORDS[self.name])
         client.enable_starttls = False
         client.enable_direct_tls = False
         client.enable_plaintext = True
@@ -249,7 +275,8 @@ class XmppUser:
             try:
                 # Prosody pushes roster changes only to resources that fetched the roster.
                 await client.get_roster(timeout=TIMEOUT)
-                client.send_presence()
+                if available:
+                    client.send_presence()
             except Exception as exc:  # surfaced to connect()'s caller
                 if not ready.done():
                     ready.set_exception(exc)
@@ -272,6 +299,9 @@ class XmppUser:
         client.register_handler(
             Callback("e2e roster push", MatchXPath(f"{{jabber:client}}iq/{{{NS_ROSTER}}}query"), self._on_roster_iq)
         )
+        client.register_handler(
+            Callback("e2e extension presence", MatchXPath("{jabber:client}presence"), self._on_presence)
+        )
         client.add_event_handler("session_start", on_session_start)
         client.add_event_handler("failed_all_auth", on_failure)
         client.add_event_handler("connection_failed", on_failure)
@@ -293,6 +323,22 @@ class XmppUser:
             self.offline.append(seen)
         else:
             self.management.put_nowait(seen)
+
+    def _on_presence(self, pres: slixmpp.Presence) -> None:
+        sender = pres["from"]
+        if sender.domain != COMPONENT or not sender.user:
+            return
+        dialog = pres.xml.find(f"{{{NS_PRESENCE_STATE}}}dialog")
+        self.extension_presence.put_nowait(
+            ExtensionPresence(
+                sender.full,
+                pres.xml.get("type"),
+                pres.xml.findtext("{jabber:client}show"),
+                pres.xml.findtext("{jabber:client}status"),
+                dialog.get("state") if dialog is not None else None,
+                dialog.get("sequence") if dialog is not None else None,
+            )
+        )
 
     def _on_roster_iq(self, iq: slixmpp.Iq) -> None:
         if iq["type"] != "set":
@@ -339,6 +385,14 @@ class XmppUser:
                 if push == (contact, subscription):
                     return seen
 
+    async def next_extension_presence(self, count: int = 1) -> list[ExtensionPresence]:
+        """The next `count` presence stanzas from extensions, in arrival order (fails after TIMEOUT)."""
+        out = []
+        async with asyncio.timeout(TIMEOUT):
+            for _ in range(count):
+                out.append(await self.extension_presence.get())
+        return out
+
     async def roster(self) -> dict[str, str]:
         """A fresh roster fetch: contact JID -> subscription."""
         assert self.client is not None
@@ -350,6 +404,19 @@ class XmppUser:
         }
 
     # -- talking to the component -----------------------------------------------------
+
+    def send_subscription(self, to: str, ptype: str) -> None:
+        """`<presence to=TO type='subscribe|unsubscribe'/>`, routed by Prosody (RFC 6121 3.1, 3.3)."""
+        assert self.client is not None
+        self.client.make_presence(pto=to, ptype=ptype).send()
+
+    async def remove_contact(self, contact: str) -> None:
+        """Roster remove (RFC 6121 2.5): Prosody also cancels the subscriptions both ways."""
+        assert self.client is not None
+        iq = self.client.make_iq(itype="set")
+        query = ET.SubElement(iq.xml, f"{{{NS_ROSTER}}}query")
+        ET.SubElement(query, f"{{{NS_ROSTER}}}item", {"jid": contact, "subscription": "remove"})
+        await iq.send(timeout=TIMEOUT)
 
     async def iq(self, itype: str, payload: ET.Element, to: str = COMPONENT) -> slixmpp.Iq:
         """Send an IQ carrying `payload`; returns the answer, result or error alike."""
@@ -446,6 +513,19 @@ class RestApi:
     def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
         self.http = http
         self.base_url = base_url
+
+    async def kazoo(
+        self,
+        method: str,
+        path: str,
+        token: str | None = ADMIN_TOKEN,
+        body: Any = None,
+        data: bytes | str | None = None,
+        params: Any = None,
+    ) -> tuple[int, Any]:
+        """A Kazoo path (`/v2/...`) with the token in `X-Auth-Token` (none if `token` is None)."""
+        headers = {"X-Auth-Token": token} if token is not None else {}
+        return await self.call(method, path, body=body, data=data, headers=headers, params=params)
 
     async def call(
         self,

@@ -10,6 +10,8 @@ import pytest
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
 from component.config import ComponentConfig
+from component.provisioning import Provisioning
+from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
 from storage import Database
 from stanza_rig import COMPONENT, FakeVerifier, Wire
@@ -47,8 +49,25 @@ def sharing(db: Database, clock: FixedClock, config: ComponentConfig) -> Presenc
 
 
 @pytest.fixture
-def comp(config: ComponentConfig, identity: Identity, sharing: PresenceSharing) -> PresenceComponent:
-    return PresenceComponent(config, identity, sharing, max_page_size=50)
+def provisioning(db: Database, clock: FixedClock, config: ComponentConfig) -> Provisioning:
+    return Provisioning(db, clock, config.served_domains())
+
+
+@pytest.fixture
+def states(
+    db: Database, clock: FixedClock, config: ComponentConfig, provisioning: Provisioning
+) -> PresenceStates:
+    return PresenceStates(db, clock, config.served_domains(), provisioning)
+
+
+@pytest.fixture
+def comp(
+    config: ComponentConfig, identity: Identity, sharing: PresenceSharing, states: PresenceStates
+) -> PresenceComponent:
+    return PresenceComponent(
+        config, identity, sharing, states, max_page_size=50,
+        admins=frozenset({"admin@example.test"}),
+    )
 
 
 @pytest.fixture

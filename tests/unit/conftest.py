@@ -11,6 +11,8 @@ import pytest
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
 from component.model import BareJid, User
+from component.provisioning import Provisioning
+from component.subscriptions import PresenceStates
 from storage import Database
 from unit_rig import SERVED, TOKEN_TTL_S, CommitCounter, FakeVerifier
 
@@ -51,6 +53,18 @@ def commits() -> CommitCounter:
 @pytest.fixture
 def sharing(db: Database, clock: FixedClock, commits: CommitCounter) -> PresenceSharing:
     return PresenceSharing(db, clock, SERVED, on_commit=commits, max_pending_sent=5)
+
+
+@pytest.fixture
+def provisioning(db: Database, clock: FixedClock) -> Provisioning:
+    return Provisioning(db, clock, SERVED)
+
+
+@pytest.fixture
+def states(
+    db: Database, clock: FixedClock, provisioning: Provisioning, commits: CommitCounter
+) -> PresenceStates:
+    return PresenceStates(db, clock, SERVED, provisioning, on_commit=commits)
 
 
 @pytest.fixture
