@@ -19,7 +19,9 @@ from component.actions import Identity, PresenceSharing
 from component.clock import Clock
 from component.config import Config, ConfigError, load_config
 from component.delivery import OutboxDispatcher
+from component.device_sharing import DeviceSharing, SharingSettings
 from component.login import XmppPasswordVerifier
+from component.mail import MailDispatcher
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
@@ -69,11 +71,28 @@ class Service:
         self.states = PresenceStates(
             self.db, self.clock, served, self.provisioning, self._outbox_written
         )
+        self.mail = MailDispatcher(self.db, self.clock, config.smtp)
+        self.device_sharing = DeviceSharing(
+            self.db,
+            self.clock,
+            served,
+            SharingSettings(
+                component_jid=config.component.jid,
+                max_expire_s=config.sharing.max_expire_s,
+                max_pending_per_device=config.sharing.max_pending_per_device,
+                email_enabled=bool(config.smtp.host),
+                public_url=config.sharing.public_url,
+            ),
+            self._outbox_written,
+            self.mail.wake,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
         self.xmpp = PresenceComponent(
             config.component,
             self.identity,
             self.sharing,
             self.states,
+            self.device_sharing,
             config.limits.max_page_size,
             frozenset(a.lower() for a in config.auth.xmpp_admins),
         )
@@ -88,6 +107,7 @@ class Service:
                 self.provisioning,
                 self.states,
                 config.component.jid,
+                self.device_sharing,
             ),
             config.http.max_body_bytes,
         )
@@ -105,6 +125,12 @@ class Service:
     async def start(self) -> None:
         await self.db.open()
         self.dispatcher.start()
+        if self.config.smtp.host:
+            self.mail.start()
+        self._sweeper = asyncio.create_task(
+            self.device_sharing.run_sweeper(self.config.sharing.sweep_interval_s),
+            name="device-share-sweeper",
+        )
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
@@ -117,6 +143,13 @@ class Service:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.dispatcher.stop()
+        await self.mail.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
         await self.db.close()
         log.info("stopped")
 

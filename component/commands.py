@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from component.errors import BadRequest
+from component.errors import BadRequest, MissingField
 from component.model import (
     STORED_STATUSES,
     BareJid,
@@ -19,7 +19,9 @@ from component.model import (
     RequestStatus,
     User,
     UserId,
+    parse_email,
     parse_extension,
+    parse_invite_code,
     parse_user_id,
 )
 
@@ -144,11 +146,15 @@ class CreateAccount:
 class CreateAccountUser:
     username: str
     presence_id: str | None = None
+    # Vouched for by the admin who provisions it: e-mail device shares find the user by it.
+    email: str | None = None
 
     def __post_init__(self) -> None:
         _text(self.username, "username", 256)
         if self.presence_id is not None:
             parse_extension(self.presence_id, "presence_id")
+        if self.email is not None:
+            parse_email(self.email, "email")
 
 
 @dataclass(frozen=True)
@@ -208,3 +214,81 @@ class StateChange:
     @property
     def target_state(self) -> str:
         return "terminated" if self.action is StateAction.RESET else self.state
+
+
+# ---- family 3 ----------------------------------------------------------------------
+
+AUTHORITIES = ("R", "W", "RW")
+
+
+@dataclass(frozen=True)
+class ShareDevice:
+    """POST /v2/share/device: the manager invites someone to share a device."""
+
+    caller: User
+    device_id: str
+    mode: str
+    expire: int
+    user: str | None = None
+    authority: str = "RW"
+
+    @classmethod
+    def from_fields(cls, caller: User, fields: dict[str, object], max_expire_s: int) -> ShareDevice:
+        """Validate Xlink's request fields: missing -> MissingField (4001002), bad -> 4001001."""
+        for name in ("device_id", "expire", "mode"):
+            if fields.get(name) in (None, ""):
+                raise MissingField(f"{name} is required", name, "required")
+        device_id = fields["device_id"]
+        if not isinstance(device_id, str):
+            raise BadRequest("device_id must be a string", "device_id", "type")
+        mode = fields["mode"]
+        if mode not in ("app", "qrcode", "email"):
+            raise BadRequest("mode must be app, qrcode or email", "mode", "enum")
+        expire = fields["expire"]
+        if isinstance(expire, str) and expire.isascii() and expire.isdigit():
+            expire = int(expire)
+        if not isinstance(expire, int) or isinstance(expire, bool) or not 1 <= expire <= max_expire_s:
+            raise BadRequest(
+                f"expire must be a number of seconds from 1 to {max_expire_s}", "expire", "range"
+            )
+        user = fields.get("user")
+        if mode in ("app", "email") and user in (None, ""):
+            raise MissingField(f"user is required with mode {mode}", "user", "required")
+        if mode == "qrcode" and user not in (None, ""):
+            raise BadRequest("a qrcode share names no user", "user", "forbidden")
+        if user is not None and (not isinstance(user, str) or len(user) > 254):
+            raise BadRequest("user must be a user id, a JID or an e-mail address", "user", "type")
+        authority = fields.get("authority", "RW")
+        if authority not in AUTHORITIES:
+            raise BadRequest("authority must be R, W or RW", "authority", "enum")
+        unknown = sorted(set(fields) - {"device_id", "expire", "mode", "user", "authority"})
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(unknown)}", unknown[0], "unknown")
+        return cls(caller, device_id, mode, expire, user or None, authority)  # type: ignore[arg-type]
+
+
+MAX_REASON = 256
+
+
+@dataclass(frozen=True)
+class ShareAnswer:
+    """cancel / accept / deny: the invite code, and an optional reason."""
+
+    caller: User
+    invite_code: str
+    reason: str | None = None
+
+    @classmethod
+    def from_fields(cls, caller: User, fields: dict[str, object]) -> ShareAnswer:
+        code = fields.get("invite_code")
+        if code in (None, ""):
+            raise MissingField("invite_code is required", "invite_code", "required")
+        reason = fields.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+            raise BadRequest(
+                f"reason must be text of at most {MAX_REASON} characters", "reason", "maxLength"
+            )
+        unknown = sorted(set(fields) - {"invite_code", "reason"})
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(unknown)}", unknown[0], "unknown")
+        return cls(caller, parse_invite_code(code), reason or None)

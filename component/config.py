@@ -69,6 +69,31 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class SmtpConfig:
+    # Empty host: e-mail shares are refused (mode "email" answers 4001001).
+    host: str = ""
+    port: int = 25
+    sender: str = ""
+    username: str = ""
+    password: str = ""
+    starttls: bool = False  # STARTTLS after connecting
+    tls: bool = False  # implicit TLS (port 465)
+    timeout_s: float = 30.0
+    max_attempts: int = 8
+
+
+@dataclass(frozen=True)
+class SharingConfig:
+    # Longest `expire` a share may ask for, in seconds.
+    max_expire_s: int = 30 * 86400
+    # How often pending shares past their expiry are turned `overtime`.
+    sweep_interval_s: float = 30.0
+    max_pending_per_device: int = 100
+    # Base URL written in invitation e-mails (where the REST bridge is reachable).
+    public_url: str = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -80,6 +105,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -89,6 +116,8 @@ _SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
     "auth": AuthConfig,
     "limits": LimitsConfig,
+    "smtp": SmtpConfig,
+    "sharing": SharingConfig,
     "logging": LoggingConfig,
 }
 
@@ -139,6 +168,10 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError("[component] domains must name at least one domain")
     if config.auth.token_ttl_s <= 0:
         raise ConfigError("[auth] token_ttl_s must be positive")
+    if config.smtp.host and not config.smtp.sender:
+        raise ConfigError("[smtp] sender is required when [smtp] host is set")
+    if config.sharing.max_expire_s <= 0 or config.sharing.sweep_interval_s <= 0:
+        raise ConfigError("[sharing] max_expire_s and sweep_interval_s must be positive")
     return config
 
 

@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Protocol
 
 from component.notifications import MESSAGE, PRESENCE, ROSTER
+from component.worker import Worker
 from storage import Database, outbox
 from storage.outbox import OutboxRow
 
@@ -46,30 +47,17 @@ class Transport(Protocol):
         """Returns once the server has processed everything sent before; TransportGone otherwise."""
 
 
-class OutboxDispatcher:
+class OutboxDispatcher(Worker):
+    """Woken after every commit that wrote outbox rows, and after every (re)connect."""
+
+    task_name = "outbox-dispatcher"
+
     def __init__(self, db: Database, transport: Transport, batch_size: int = 500) -> None:
+        super().__init__()
         self.db = db
         self.transport = transport
         self.batch_size = batch_size
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.delivered = 0
-
-    def wake(self) -> None:
-        """Called after every commit that wrote outbox rows, and after every (re)connect."""
-        self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-dispatcher")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
 
     async def _run(self) -> None:
         while True:

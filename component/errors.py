@@ -22,6 +22,12 @@ class WireError:
     rainbow_code: int
     # Kazoo's top-level "message" ("invalid data", "bad identifier", ...).
     kazoo_message: str = ""
+    # Xlink's numeric code; its first three digits are the HTTP status on Xlink paths.
+    xlink_code: int = 0
+
+    @property
+    def xlink_status(self) -> int:
+        return self.xlink_code // 10000 if self.xlink_code else self.http_status
 
     @property
     def http_reason(self) -> str:
@@ -47,44 +53,79 @@ class DomainError(Exception):
 
 
 class BadRequest(DomainError):
-    wire = WireError("modify", "bad-request", 400, 400000, "invalid data")
+    wire = WireError("modify", "bad-request", 400, 400000, "invalid data", 4001001)
 
 
 class Unauthorized(DomainError):
-    wire = WireError("auth", "not-authorized", 401, 401000, "invalid credentials")
+    wire = WireError("auth", "not-authorized", 401, 401000, "invalid credentials", 4031003)
 
 
 class Forbidden(DomainError):
-    wire = WireError("auth", "forbidden", 403, 403100, "forbidden")
+    wire = WireError("auth", "forbidden", 403, 403100, "forbidden", 4031003)
 
 
 class NotFound(DomainError):
-    wire = WireError("cancel", "item-not-found", 404, 404001, "bad identifier")
+    wire = WireError("cancel", "item-not-found", 404, 404001, "bad identifier", 4041018)
 
 
 class Duplicate(DomainError):
-    wire = WireError("cancel", "conflict", 409, 409661, "conflicting documents")
+    wire = WireError("cancel", "conflict", 409, 409661, "conflicting documents", 4001001)
 
 
 class WrongState(DomainError):
-    wire = WireError("cancel", "conflict", 409, 409663)
+    wire = WireError("cancel", "conflict", 409, 409663, "", 4031012)
 
 
 class PayloadTooLarge(DomainError):
-    wire = WireError("modify", "policy-violation", 413, 413000)
+    wire = WireError("modify", "policy-violation", 413, 413000, "", 4131000)
 
 
 class LimitReached(DomainError):
-    wire = WireError("wait", "resource-constraint", 429, 429000)
+    wire = WireError("wait", "resource-constraint", 429, 429000, "", 4291000)
 
 
 class ServiceUnavailable(DomainError):
     """A dependency (the XMPP server for logins) cannot be reached right now."""
 
-    wire = WireError("wait", "service-unavailable", 503, 503000)
+    wire = WireError("wait", "service-unavailable", 503, 503000, "", 5031000)
+
+
+# ---- family 3 (Xlink) refinements: same XMPP/REST meaning, Xlink's own codes ----
+
+
+class MissingField(BadRequest):
+    wire = WireError("modify", "bad-request", 400, 400000, "invalid data", 4001002)
+
+
+class DeviceNotFound(NotFound):
+    wire = WireError("cancel", "item-not-found", 404, 404001, "bad identifier", 4041008)
+
+
+class UserNotFound(NotFound):
+    wire = WireError("cancel", "item-not-found", 404, 404001, "bad identifier", 4041011)
+
+
+class ShareNotFound(NotFound):
+    """Unknown invite code, or one the caller has no part in."""
+
+    wire = WireError("cancel", "item-not-found", 404, 404001, "bad identifier", 4041018)
+
+
+class AlreadyCanceled(WrongState):
+    wire = WireError("cancel", "conflict", 409, 409663, "", 4031008)
+
+
+class AlreadyAccepted(WrongState):
+    wire = WireError("cancel", "conflict", 409, 409663, "", 4031009)
+
+
+class ShareNotUsable(WrongState):
+    """Expired (overtime), denied, invalid: the invite code no longer works."""
+
+    wire = WireError("cancel", "conflict", 409, 409663, "", 4031012)
 
 
 # Used by adapters for failures that are not DomainErrors: logged with their
 # traceback, answered with this fixed text.
-INTERNAL = WireError("wait", "internal-server-error", 500, 500000)
+INTERNAL = WireError("wait", "internal-server-error", 500, 500000, "", 5001000)
 INTERNAL_TEXT = "Internal error"

@@ -174,6 +174,7 @@ class AccountUser:
     account_id: AccountId
     username: str
     presence_id: str | None
+    email: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,3 +203,66 @@ class Subscription:
     notify_sequence: int
     notify_body: str | None
     version: int
+
+
+# ---- family 3: device sharing (Xlink) ---------------------------------------------
+
+InviteCode = NewType("InviteCode", str)
+
+# RFC 5321 limits; a deliberately plain shape (local@domain.tld), no quoted local parts.
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_INVITE_CODE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def new_invite_code() -> InviteCode:
+    """192 random bits, URL-safe: unguessable, and fits in a QR code and a URL."""
+    return InviteCode(secrets.token_urlsafe(24))
+
+
+def parse_invite_code(value: object, field: str = "invite_code") -> InviteCode:
+    if not isinstance(value, str) or not _INVITE_CODE.fullmatch(value):
+        raise BadRequest(f"{field} is not a valid invite code", field, "pattern")
+    return InviteCode(value)
+
+
+def parse_email(value: object, field: str = "email") -> str:
+    if not isinstance(value, str) or len(value) > 254 or not _EMAIL.fullmatch(value.strip()):
+        raise BadRequest(f"{field} must be an e-mail address", field, "pattern")
+    return value.strip().lower()
+
+
+class ShareMode(StrEnum):
+    APP = "app"  # a named user (id, JID or provisioned e-mail)
+    QRCODE = "qrcode"  # whoever holds the code (shown as a QR image to the manager)
+    EMAIL = "email"  # the code is e-mailed to an address
+
+
+class ShareState(StrEnum):
+    PENDING = "pending"
+    ACCEPT = "accept"
+    DENY = "deny"
+    CANCEL = "cancel"
+    OVERTIME = "overtime"  # expired while pending
+    INVALID = "invalid"  # the device or its manager changed while pending
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    invite_code: InviteCode
+    device_id: DeviceId
+    from_user: User  # the device's manager when the share was made
+    to_user: User | None  # None until accepted for qrcode and unknown-address email shares
+    to_email: str | None
+    mode: ShareMode
+    authority: str
+    state: ShareState
+    create_date: int
+    expire_date: int
+    reason: str | None
+    updated_at: int
+
+    def effective_state(self, now_ms: int) -> ShareState:
+        """Expiry is enforced on every read, before the sweeper persists it."""
+        if self.state is ShareState.PENDING and now_ms >= self.expire_date:
+            return ShareState.OVERTIME
+        return self.state

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from component.model import BareJid, PresenceRequest
+from component.model import BareJid, DeviceShare, PresenceRequest
 
 MESSAGE = "message"
 ROSTER = "roster"
@@ -38,12 +38,15 @@ def handshake_messages(request: PresenceRequest, action: str, status: str) -> li
     ]
 
 
-def roster_item(owner: BareJid, contact: BareJid, subscription: str) -> Notification:
-    """Set `contact` in `owner`'s roster with `subscription` (to/from/both/remove)."""
+def roster_item(
+    owner: BareJid, contact: str, subscription: str, name: str | None = None
+) -> Notification:
+    """Set `contact` in `owner`'s roster with `subscription` (to/from/both/remove),
+    named `name` (default: the contact's localpart)."""
     return Notification(
         ROSTER,
         owner,
-        {"jid": contact, "subscription": subscription, "name": contact.partition("@")[0]},
+        {"jid": contact, "subscription": subscription, "name": name or contact.partition("@")[0]},
     )
 
 
@@ -83,3 +86,62 @@ def extension_presence(
     if sequence is not None:
         payload["sequence"] = sequence
     return Notification(PRESENCE, subscriber, payload)
+
+
+# ---- family 3: device sharing ------------------------------------------------------
+
+
+def sharing_messages(
+    share: DeviceShare, action: str, state: str | None = None
+) -> list[Notification]:
+    """The management message for a share's change, to the manager (type='sent') and to
+    the invited user when known (type='received'): the family 1 shape with a
+    `<devicesharing/>` child instead of `<presencehandshake/>`."""
+    attrs = {
+        "id": share.invite_code,
+        "action": action,
+        "status": state or share.state.value,
+        "device_id": share.device_id,
+        "mode": share.mode.value,
+    }
+    parties = [(share.from_user.jid, "sent")]
+    if share.to_user is not None:
+        parties.append((share.to_user.jid, "received"))
+    return [
+        Notification(MESSAGE, jid, {"devicesharing": {**attrs, "type": side}})
+        for jid, side in parties
+    ]
+
+
+@dataclass(frozen=True)
+class Mail:
+    recipient: str
+    subject: str
+    body: str
+
+
+def invite_mail(
+    share: DeviceShare, device_name: str, expire_iso: str, public_url: str, component_jid: str
+) -> Mail:
+    """The e-mail of an `email` share: the invite code and how to accept it."""
+    base = public_url.rstrip("/")
+    body = f"""{share.from_user.jid} invites you to see the presence of the device "{device_name}".
+
+Invite code: {share.invite_code}
+The invitation expires at {expire_iso}.
+
+To accept it, sign in and send, with your token in the Access-Token header:
+
+    POST {base}/v2/share/device/accept
+    {{"invite_code": "{share.invite_code}"}}
+
+To decline, send the same body to {base}/v2/share/device/deny.
+
+From an XMPP client, send to {component_jid}:
+
+    <iq type="set"><deviceshare xmlns="urn:xmpp:presence-consent:share:0"
+        action="accept" invite_code="{share.invite_code}"/></iq>
+
+If you did not expect this invitation, ignore this message: it expires by itself.
+"""
+    return Mail(share.to_email or "", f'{share.from_user.jid} shares "{device_name}" with you', body)

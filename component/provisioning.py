@@ -21,6 +21,7 @@ from component.model import (
     jid_domain,
     new_account_id,
     parse_bare_jid,
+    parse_email,
 )
 from storage import Database, accounts, users
 
@@ -87,15 +88,18 @@ class Provisioning:
         jid = parse_bare_jid(f"{cmd.username}@{account.realm}", "username")
         username = jid.partition("@")[0]
         presence_id = cmd.presence_id.lower() if cmd.presence_id else None
+        email = parse_email(cmd.email) if cmd.email else None
         now = self.clock.now_ms()
         async with self.db.transaction() as tx:
             user = await users.get_or_create(tx, jid, now)
+            if email and await accounts.user_by_email(tx, email) is not None:
+                raise Duplicate("another user has this e-mail address", "email", "unique")
             if not await accounts.upsert_account_user(
-                tx, user.id, account.id, username, presence_id, now
+                tx, user.id, account.id, username, presence_id, now, email
             ):
                 raise Duplicate(f"user {username} already exists", "username", "unique")
         log.info("user %s (%s) provisioned in account %s", user.id, jid, account.id)
-        return AccountUser(user, account.id, username, presence_id)
+        return AccountUser(user, account.id, username, presence_id, email)
 
     async def list_users(self, caller: Principal, account_id: AccountId) -> list[AccountUser]:
         await self.account(caller, account_id)

@@ -51,13 +51,15 @@ async def delete_account(conn: aiosqlite.Connection, account_id: AccountId) -> b
 
 
 _USER_SELECT = (
-    "SELECT u.id, u.jid, au.account_id, au.username, au.presence_id"
+    "SELECT u.id, u.jid, au.account_id, au.username, au.presence_id, au.email"
     " FROM account_users au JOIN users u ON u.id = au.user_id"
 )
 
 
 def _account_user(row: aiosqlite.Row) -> AccountUser:
-    return AccountUser(User(UserId(row[0]), BareJid(row[1])), AccountId(row[2]), row[3], row[4])
+    return AccountUser(
+        User(UserId(row[0]), BareJid(row[1])), AccountId(row[2]), row[3], row[4], row[5]
+    )
 
 
 async def upsert_account_user(
@@ -67,14 +69,26 @@ async def upsert_account_user(
     username: str,
     presence_id: str | None,
     now_ms: int,
+    email: str | None = None,
 ) -> bool:
     """Provision the user in the account; False if it already was (nothing changed)."""
     cur = await conn.execute(
-        "INSERT INTO account_users (user_id, account_id, username, presence_id, created_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO NOTHING",
-        (user_id, account_id, username, presence_id, now_ms),
+        "INSERT INTO account_users (user_id, account_id, username, presence_id, created_at, email)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO NOTHING",
+        (user_id, account_id, username, presence_id, now_ms, email),
     )
     return cur.rowcount == 1
+
+
+async def user_by_email(conn: aiosqlite.Connection, email: str) -> User | None:
+    """The provisioned user with this (lowercased) e-mail address."""
+    async with conn.execute(
+        "SELECT u.id, u.jid FROM account_users au JOIN users u ON u.id = au.user_id"
+        " WHERE au.email = ?",
+        (email,),
+    ) as cur:
+        row = await cur.fetchone()
+    return User(UserId(row[0]), BareJid(row[1])) if row else None
 
 
 async def get_account_user(

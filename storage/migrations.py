@@ -142,4 +142,50 @@ async def _v2_presence_subscriptions(conn: aiosqlite.Connection) -> None:
     )
 
 
-UPGRADES: list[Upgrade] = [_v1_initial, _v2_presence_subscriptions]
+async def _v3_device_sharing(conn: aiosqlite.Connection) -> None:
+    """Family 3 (Xlink): device shares, e-mail addresses of users, and the mail outbox."""
+    await _run_script(
+        conn,
+        """
+        -- Set by provisioning (the admin vouches for it): how e-mail shares find a user.
+        ALTER TABLE account_users ADD COLUMN email TEXT;
+        CREATE UNIQUE INDEX account_users_by_email ON account_users(email) WHERE email IS NOT NULL;
+
+        CREATE TABLE device_shares (
+            invite_code         TEXT PRIMARY KEY,       -- 192 random bits, URL-safe
+            device_id           TEXT NOT NULL,          -- kept when the device is deleted
+            from_user_id        TEXT NOT NULL REFERENCES users(id),
+            to_user_id          TEXT REFERENCES users(id),
+            to_email            TEXT,
+            mode                TEXT NOT NULL CHECK (mode IN ('app', 'qrcode', 'email')),
+            authority           TEXT NOT NULL,
+            state               TEXT NOT NULL
+                CHECK (state IN ('pending', 'accept', 'deny', 'cancel', 'overtime', 'invalid')),
+            create_date         INTEGER NOT NULL,
+            expire_date         INTEGER NOT NULL,
+            reason              TEXT,
+            updated_at          INTEGER NOT NULL,
+            hidden_by_sender    INTEGER NOT NULL DEFAULT 0,
+            hidden_by_receiver  INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE INDEX device_shares_sent ON device_shares(from_user_id, create_date);
+        CREATE INDEX device_shares_received ON device_shares(to_user_id, create_date);
+        CREATE INDEX device_shares_by_device ON device_shares(device_id, state);
+        CREATE INDEX device_shares_expiring ON device_shares(state, expire_date);
+
+        -- E-mails to send, committed with the share that needs them.
+        CREATE TABLE mail_outbox (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            recipient   TEXT NOT NULL,
+            subject     TEXT NOT NULL,
+            body        TEXT NOT NULL,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            next_try_at INTEGER NOT NULL,
+            created_at  INTEGER NOT NULL
+        );
+        CREATE INDEX mail_outbox_due ON mail_outbox(next_try_at);
+        """,
+    )
+
+
+UPGRADES: list[Upgrade] = [_v1_initial, _v2_presence_subscriptions, _v3_device_sharing]
