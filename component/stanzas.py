@@ -12,6 +12,13 @@ NS_CONFIGURATION = "jabber:iq:configuration"
 # Our own namespace for family 2: the dialog state child of extension presence,
 # and the admin IQ that sets or resets it.
 NS_PRESENCE_STATE = "urn:xmpp:presence-consent:0"
+# Family 3 (device sharing) over XMPP.
+NS_SHARE = "urn:xmpp:presence-consent:share:0"
+
+SHARE_ATTRS = {
+    "action", "device_id", "mode", "expire", "user", "authority", "invite_code", "reason",
+    "from_id", "from_user", "to_id", "to_user", "state", "create_date", "expire_date",
+}
 
 
 class PresenceHandshake(ElementBase):
@@ -56,8 +63,39 @@ class PresenceStateCommand(ElementBase):
     interfaces: ClassVar[set[str]] = {"extension", "action", "state", "realm"}
 
 
+class DeviceShareElement(ElementBase):
+    """`<deviceshare action='share|cancel|accept|deny|delete' .../>`, and one share in a list."""
+
+    namespace = NS_SHARE
+    name = "deviceshare"
+    plugin_attrib = "deviceshare"
+    plugin_multi_attrib = "deviceshare_items"
+    interfaces: ClassVar[set[str]] = SHARE_ATTRS
+
+
+class DeviceShares(ElementBase):
+    """`<deviceshares/>`: the caller's shares (sent and received)."""
+
+    namespace = NS_SHARE
+    name = "deviceshares"
+    plugin_attrib = "deviceshares"
+    interfaces: ClassVar[set[str]] = set()
+
+
+class XlinkError(ElementBase):
+    """Application-specific error condition carrying Xlink's numeric code."""
+
+    namespace = NS_SHARE
+    name = "xlink-error"
+    plugin_attrib = "xlink_error"
+    interfaces: ClassVar[set[str]] = {"code"}
+
+
 def register() -> None:
     register_stanza_plugin(Iq, PresenceStateCommand)
+    register_stanza_plugin(Iq, DeviceShareElement)
+    register_stanza_plugin(Iq, DeviceShares)
+    register_stanza_plugin(DeviceShares, DeviceShareElement, iterable=True)
     register_stanza_plugin(Iq, PresenceHandshake)
     register_stanza_plugin(Iq, PresenceHandshakes)
     register_stanza_plugin(PresenceHandshakes, PresenceHandshake, iterable=True)

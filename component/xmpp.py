@@ -25,6 +25,8 @@ from component.clock import iso_ms
 from component.commands import (
     CreatePresenceRequest,
     ListPresenceRequests,
+    ShareAnswer,
+    ShareDevice,
     StateChange,
     Transition,
     TransitionPresenceRequest,
@@ -38,6 +40,7 @@ from component.model import (
     PresenceRequest,
     User,
     parse_bare_jid,
+    parse_invite_code,
     parse_request_id,
 )
 from component.slixfix import (
@@ -46,7 +49,8 @@ from component.slixfix import (
     management_message,
     privileged_roster_set,
 )
-from component.stanzas import NS_CONFIGURATION, NS_PRESENCE_STATE
+from component.device_sharing import DeviceSharing, share_fields
+from component.stanzas import NS_CONFIGURATION, NS_PRESENCE_STATE, NS_SHARE
 from component.subscriptions import PresenceStates
 from storage.outbox import OutboxRow
 
@@ -103,6 +107,7 @@ class PresenceComponent(ComponentXMPP):
         identity: Identity,
         sharing: PresenceSharing,
         states: PresenceStates,
+        device_sharing: DeviceSharing,
         max_page_size: int = 1000,
         admins: frozenset[str] = frozenset(),
     ) -> None:
@@ -115,6 +120,7 @@ class PresenceComponent(ComponentXMPP):
         self.identity = identity
         self.sharing = sharing
         self.states = states
+        self.device_sharing = device_sharing
         self.admins = admins
         self.max_page_size = max_page_size
         self.served_domains = config.served_domains()
@@ -136,6 +142,8 @@ class PresenceComponent(ComponentXMPP):
         self.plugin["xep_0030"].add_identity(category="component", itype="presence", name="Presence consent")
         self.plugin["xep_0030"].add_feature(NS_CONFIGURATION)
         self.plugin["xep_0030"].add_feature(NS_RSM)  # list IQs page with XEP-0059
+        self.plugin["xep_0030"].add_feature(NS_PRESENCE_STATE)
+        self.plugin["xep_0030"].add_feature(NS_SHARE)
 
         # Subscriptions and probes are answered from the database, not from
         # slixmpp's in-memory roster (see slixfix.detach_roster).
@@ -147,6 +155,12 @@ class PresenceComponent(ComponentXMPP):
             CoroutineCallback(
                 "presencestate iq", StanzaPath("iq/presencestate"), self.on_state_iq
             )
+        )
+        self.register_handler(
+            CoroutineCallback("deviceshare iq", StanzaPath("iq/deviceshare"), self.on_share_iq)
+        )
+        self.register_handler(
+            CoroutineCallback("deviceshares iq", StanzaPath("iq/deviceshares"), self.on_shares_iq)
         )
 
         # Registered before connect(): the advertisement follows the handshake at once.
@@ -423,7 +437,55 @@ class PresenceComponent(ComponentXMPP):
         reply["error"]["type"] = wire.xmpp_type
         reply["error"]["condition"] = wire.xmpp_condition
         reply["error"]["text"] = text
+        if iq.xml.find(f"{{{NS_SHARE}}}*") is not None and wire.xlink_code:
+            # RFC 6120 section 8.3.4: an application-specific condition with Xlink's code.
+            ET.SubElement(reply["error"].xml, f"{{{NS_SHARE}}}xlink-error", {"code": str(wire.xlink_code)})
         reply.send()
+
+    # ---- family 3: device sharing ----------------------------------------------------
+
+    @answers_errors
+    async def on_share_iq(self, iq: Iq) -> Iq:
+        if iq["type"] != "set":
+            raise BadRequest("deviceshare commands are sent with a set")
+        caller = await self._caller(iq)
+        command = iq["deviceshare"]
+        fields = {k: v for k, v in command.xml.attrib.items() if k != "action"}
+        action = command["action"]
+        reply = iq.reply(clear=True)
+        result = reply["deviceshare"]
+        if action == "share":
+            created = await self.device_sharing.share(
+                ShareDevice.from_fields(caller, fields, self.device_sharing.settings.max_expire_s)
+            )
+            result["invite_code"] = created.invite_code
+        elif action in ("cancel", "accept", "deny"):
+            answer = ShareAnswer.from_fields(caller, fields)
+            done = await getattr(self.device_sharing, action)(answer)
+            result["invite_code"] = done.invite_code
+            result["state"] = done.state.value
+        elif action == "delete":
+            code = parse_invite_code(fields.get("invite_code"))
+            await self.device_sharing.delete(caller, code)
+            result["invite_code"] = code
+        else:
+            raise BadRequest("action must be share, cancel, accept, deny or delete")
+        return reply
+
+    @answers_errors
+    async def on_shares_iq(self, iq: Iq) -> Iq:
+        caller = await self._caller(iq)
+        if iq["type"] != "get":
+            raise BadRequest("deviceshares is read with a get")
+        reply = iq.reply(clear=True)
+        out = reply["deviceshares"]
+        for share in await self.device_sharing.list(caller):
+            item = stanzas.DeviceShareElement()
+            for key, value in share_fields(share).items():
+                if value is not None:
+                    item[key] = str(value)
+            out.append(item)
+        return reply
 
     # ---- Transport for the outbox dispatcher ---------------------------------
 
@@ -436,7 +498,13 @@ class PresenceComponent(ComponentXMPP):
 
     def send_management(self, row: OutboxRow) -> None:
         msg = management_message(self, row.recipient, self.boundjid.bare, f"ph-{row.id}")
-        ET.SubElement(msg.xml, f"{{{NS_CONFIGURATION}}}presencehandshake", row.payload["handshake"])
+        # Family 1 rows carry a presencehandshake, family 3 rows a devicesharing child.
+        element, attrs = (
+            ("presencehandshake", row.payload["handshake"])
+            if "handshake" in row.payload
+            else ("devicesharing", row.payload["devicesharing"])
+        )
+        ET.SubElement(msg.xml, f"{{{NS_CONFIGURATION}}}{element}", attrs)
         msg.send()
 
     def send_presence(self, row: OutboxRow) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, WireError
-from http_bridge import kazoo, rainbow
+from http_bridge import kazoo, rainbow, xlink
 from http_bridge.context import REQUEST_ID, SERVICES, USER_JID, Services
 from http_bridge.envelopes import render_error
 
@@ -82,5 +82,6 @@ def build_app(services: Services, max_body_bytes: int = 16 * 1024) -> web.Applic
     app.router.add_get("/healthz", healthz)
     rainbow.add_routes(app)
     kazoo.add_routes(app)
+    xlink.add_routes(app)
     return app
 

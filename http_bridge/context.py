@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from component.actions import Identity, PresenceSharing
+from component.device_sharing import DeviceSharing
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 
@@ -24,6 +25,7 @@ class Services:
     states: PresenceStates | None = None
     # Reported as each subscription's `stalker` (who holds it) in family 2 listings.
     component_jid: str = ""
+    device_sharing: DeviceSharing | None = None
 
 
 SERVICES = web.AppKey("services", Services)

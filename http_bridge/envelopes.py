@@ -1,7 +1,7 @@
 """Response bodies, one shape per REST family, rendered from the one error table.
 
-The family is chosen by path: `/v2/accounts...` is Kazoo, everything else
-(Rainbow paths, /healthz, unknown paths) uses Rainbow's envelope.
+The family is chosen by path: `/v2/accounts...` is Kazoo, `/v2/share...` is Xlink,
+everything else (Rainbow paths, /healthz, unknown paths) uses Rainbow's envelope.
 """
 
 from __future__ import annotations
@@ -15,10 +15,15 @@ from http_bridge.context import REQUEST_ID
 from http_bridge.inputs import bearer_token
 
 KAZOO_PREFIX = "/v2/accounts"
+XLINK_PREFIX = "/v2/share"
+
+
+def _under(request: web.Request, prefix: str) -> bool:
+    return request.path == prefix or request.path.startswith(prefix + "/")
 
 
 def is_kazoo(request: web.Request) -> bool:
-    return request.path == KAZOO_PREFIX or request.path.startswith(KAZOO_PREFIX + "/")
+    return _under(request, KAZOO_PREFIX)
 
 
 def render_error(
@@ -41,6 +46,11 @@ def render_error(
             "request_id": request.get(REQUEST_ID, ""),
             "status": "error",
         }
+    elif _under(request, XLINK_PREFIX):
+        code = wire.xlink_code or wire.http_status * 10000 + 1000
+        return web.json_response(
+            {"error": {"code": code, "msg": detail}}, status=code // 10000
+        )
     else:
         body = {
             "errorCode": wire.http_status,

@@ -73,6 +73,8 @@ def user_json(user: AccountUser) -> dict[str, Any]:
     }
     if user.presence_id:
         body["presence_id"] = user.presence_id
+    if user.email:
+        body["email"] = user.email
     return body
 
 
@@ -174,7 +176,11 @@ async def put_user(request: web.Request) -> web.Response:
     user = await _family2(request).provisioning.create_user(
         caller,
         _account_id(request),
-        CreateAccountUser(data.get("username"), data.get("presence_id")),  # type: ignore[arg-type]
+        CreateAccountUser(
+            data.get("username"),  # type: ignore[arg-type]
+            data.get("presence_id"),
+            data.get("email"),
+        ),
     )
     return kazoo_envelope(request, user_json(user), 201)
 

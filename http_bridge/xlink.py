@@ -1,0 +1,105 @@
+"""Family 3, Xlink paths: device sharing by invitation (`share/device`).
+
+The token goes in `Access-Token` (any of the three header styles works). Errors
+use Xlink's `{"error": {"code", "msg"}}` with its numeric codes; the HTTP status
+is the code's first three digits.
+"""
+
+from __future__ import annotations
+
+import io
+import segno
+from aiohttp import web
+
+from component.commands import ShareAnswer, ShareDevice
+from component.device_sharing import DeviceSharing, share_fields
+from component.model import User, parse_invite_code
+from http_bridge.context import USER_JID, services_of
+from http_bridge.inputs import bearer_token, read_json_object
+
+P = "/v2/share/device"
+QR_SCALE = 8  # pixels per module: a 33-module code is a 328 px image with its quiet zone
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post(P, share)
+    r.add_post(f"{P}/cancel", cancel)
+    r.add_post(f"{P}/accept", accept)
+    r.add_post(f"{P}/deny", deny)
+    r.add_get(f"{P}/list", list_shares)
+    r.add_delete(f"{P}/delete/{{invite_code}}", delete)
+    r.add_get(f"{P}/qrcode/{{invite_code}}.{{fmt:png|svg}}", qrcode)
+
+
+async def caller(request: web.Request) -> User:
+    user = await services_of(request).identity.authenticate(bearer_token(request))
+    request[USER_JID] = user.jid
+    return user
+
+
+def _sharing(request: web.Request) -> DeviceSharing:
+    sharing = services_of(request).device_sharing
+    assert sharing is not None
+    return sharing
+
+
+def _ok() -> web.Response:
+    """Xlink answers its commands with 200 and no content."""
+    return web.Response(status=200)
+
+
+async def share(request: web.Request) -> web.Response:
+    user = await caller(request)
+    body = await read_json_object(request)
+    sharing = _sharing(request)
+    created = await sharing.share(ShareDevice.from_fields(user, body, sharing.settings.max_expire_s))
+    return web.json_response({"invite_code": created.invite_code})
+
+
+async def cancel(request: web.Request) -> web.Response:
+    user = await caller(request)
+    await _sharing(request).cancel(ShareAnswer.from_fields(user, await read_json_object(request)))
+    return _ok()
+
+
+async def accept(request: web.Request) -> web.Response:
+    user = await caller(request)
+    await _sharing(request).accept(ShareAnswer.from_fields(user, await read_json_object(request)))
+    return _ok()
+
+
+async def deny(request: web.Request) -> web.Response:
+    user = await caller(request)
+    await _sharing(request).deny(ShareAnswer.from_fields(user, await read_json_object(request)))
+    return _ok()
+
+
+async def list_shares(request: web.Request) -> web.Response:
+    user = await caller(request)
+    found = await _sharing(request).list(user)
+    return web.json_response([share_fields(s) for s in found])
+
+
+async def delete(request: web.Request) -> web.Response:
+    user = await caller(request)
+    await _sharing(request).delete(user, parse_invite_code(request.match_info["invite_code"]))
+    return _ok()
+
+
+async def qrcode(request: web.Request) -> web.Response:
+    """The invite code as a QR image, for the share's manager only."""
+    user = await caller(request)
+    found = await _sharing(request).invite_for_qr(
+        user, parse_invite_code(request.match_info["invite_code"])
+    )
+    code = segno.make(found.invite_code, error="m")
+    out = io.BytesIO()
+    fmt = request.match_info["fmt"]
+    code.save(out, kind=fmt, scale=QR_SCALE, border=4)
+    content_type = "image/png" if fmt == "png" else "image/svg+xml"
+    return web.Response(
+        body=out.getvalue(),
+        content_type=content_type,
+        headers={"Cache-Control": "no-store"},  # the image is the secret
+    )
