@@ -9,8 +9,9 @@
 #   - starts Prosody, then `python -m component --config .demo/config.toml` in the foreground.
 # Ctrl-C stops both. Re-running reuses .demo/ (same secret, token, database).
 #
+#   - starts a local mailbox (aiosmtpd) for e-mail device shares: .demo/mailbox/new/.
 # Ports (override with environment variables): XMPP c2s $C2S_PORT (15222), component
-# $COMPONENT_PORT (15347), REST $HTTP_PORT (8080); all on 127.0.0.1.
+# $COMPONENT_PORT (15347), REST $HTTP_PORT (8080), SMTP $SMTP_PORT (11025); all on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ DEMO=${DEMO_DIR:-.demo}
 C2S_PORT=${C2S_PORT:-15222}
 COMPONENT_PORT=${COMPONENT_PORT:-15347}
 HTTP_PORT=${HTTP_PORT:-8080}
+SMTP_PORT=${SMTP_PORT:-11025}
 DOMAIN=example.test
 COMPONENT_JID=presence.$DOMAIN
 
@@ -31,7 +33,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 say "installing the project into $VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[demo]'
 
 mkdir -p "$DEMO"
 DEMO_ABS=$(cd "$DEMO" && pwd)
@@ -62,6 +64,15 @@ admin_token = "$ADMIN_TOKEN"
 c2s_host = "127.0.0.1"
 c2s_port = $C2S_PORT
 c2s_allow_plaintext = true   # the demo Prosody has no TLS certificate; loopback only
+
+[smtp]
+# A local mailbox (aiosmtpd): invitations land as files in $DEMO_ABS/mailbox/new/.
+host = "127.0.0.1"
+port = $SMTP_PORT
+sender = "presence@$DOMAIN"
+
+[sharing]
+public_url = "http://127.0.0.1:$HTTP_PORT"
 TOML
 
 # Processes left over from an earlier run that was killed hard would hold the ports;
@@ -72,6 +83,9 @@ fi
 if pkill -f -- "-m component --config $DEMO_ABS/config.toml" 2>/dev/null; then
   say "stopped a service left over from an earlier run"
 fi
+if pkill -f -- "-m aiosmtpd .* $DEMO_ABS/mailbox" 2>/dev/null; then
+  say "stopped a mailbox left over from an earlier run"
+fi
 sleep 0.5
 
 say "starting Prosody on 127.0.0.1 (c2s $C2S_PORT, component $COMPONENT_PORT)"
@@ -81,9 +95,11 @@ say "starting Prosody on 127.0.0.1 (c2s $C2S_PORT, component $COMPONENT_PORT)"
   --user alice:alice-password --user bob:bob-password > >(tee "$DEMO_ABS/up.log") 2>&1 &
 PROSODY_PID=$!
 SERVICE_PID=""
+MAILBOX_PID=""
 cleanup() {
   trap - EXIT INT TERM
   [ -n "$SERVICE_PID" ] && kill "$SERVICE_PID" 2>/dev/null && wait "$SERVICE_PID" 2>/dev/null
+  [ -n "$MAILBOX_PID" ] && kill "$MAILBOX_PID" 2>/dev/null && wait "$MAILBOX_PID" 2>/dev/null
   kill "$PROSODY_PID" 2>/dev/null && wait "$PROSODY_PID" 2>/dev/null
   say "stopped"
 }
@@ -98,6 +114,11 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 grep -q "^prosody running" "$DEMO_ABS/up.log" || { say "Prosody did not start within 20 s"; exit 1; }
+
+say "starting a local mailbox on 127.0.0.1:$SMTP_PORT (mails land in $DEMO_ABS/mailbox/new/)"
+mkdir -p "$DEMO_ABS/mailbox"
+"$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Mailbox "$DEMO_ABS/mailbox" &
+MAILBOX_PID=$!
 
 B="http://127.0.0.1:$HTTP_PORT"
 cat >&2 <<EOT

@@ -45,12 +45,13 @@ async def watch(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
 
     def on_management(msg) -> None:
-        h = msg.xml.find(f"{{{NS_CONFIGURATION}}}presencehandshake")
-        print(
-            f"management  id={h.get('id')} action={h.get('action')} type={h.get('type')}"
-            f" status={h.get('status')}",
-            flush=True,
-        )
+        if msg.xml.get("type") != "management":
+            return
+        for child in msg.xml:
+            if child.tag.startswith(f"{{{NS_CONFIGURATION}}}"):
+                name = child.tag.partition("}")[2]
+                attrs = " ".join(f"{k}={v}" for k, v in sorted(child.attrib.items()))
+                print(f"management  {name} {attrs}", flush=True)
 
     def on_roster(iq) -> None:
         for jid, item in iq["roster"]["items"].items():
@@ -78,7 +79,7 @@ async def watch(args: argparse.Namespace) -> None:
     client.register_handler(
         Callback(
             "management",
-            MatchXPath(f"{{jabber:client}}message/{{{NS_CONFIGURATION}}}presencehandshake"),
+            MatchXPath("{jabber:client}message"),
             on_management,
         )
     )
