@@ -14,13 +14,20 @@ free at run time; every server a fixture starts, it stops.
 - `api` (function): an aiohttp client on the service's REST bridge (`RestApi`);
   `RestApi.kazoo` calls the Kazoo paths with `X-Auth-Token` (the admin token by default).
 - `XmppUser` also collects the presence it receives from extensions
-  (`{extension}@presence.example.test`, family 2) as `ExtensionPresence`.
+  (`{extension}@presence.example.test`, family 2) as `ExtensionPresence`, and the
+  `<devicesharing/>` management messages of family 3 as `SharingMessage`.
+- `smtp_server` (function): a real SMTP server (aiosmtpd) on a free loopback port,
+  collecting every mail it accepts (`SmtpSink`).
+- `AdjustableClock`: real time plus an offset a test moves forward; pass it to
+  `make_service(..., clock=...)` to test expiry without sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import email
+import email.policy
 import json
 import re
 import shutil
@@ -35,6 +42,7 @@ from typing import Any
 import aiohttp
 import pytest
 import slixmpp
+from aiosmtpd.controller import Controller
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
@@ -45,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from local_prosody import LocalProsody, ensure_prosody_installed, free_port  # noqa: E402
 
 from component.__main__ import Service  # noqa: E402
+from component.clock import Clock  # noqa: E402
 from component.config import parse_config  # noqa: E402
 
 DOMAIN = "example.test"
@@ -58,6 +67,7 @@ NS_RSM = "http://jabber.org/protocol/rsm"
 NS_ROSTER = "jabber:iq:roster"
 NS_DELAY = "urn:xmpp:delay"
 NS_PRESENCE_STATE = "urn:xmpp:presence-consent:0"
+NS_SHARE = "urn:xmpp:presence-consent:share:0"
 
 # Generous: these bound waits on a loaded CI machine, they never measure speed.
 TIMEOUT = 20.0
@@ -199,12 +209,18 @@ async def make_service(tmp_path: Path, xmpp_users) -> AsyncIterator[ServiceFacto
     started: list[Service] = []
 
     async def make(
-        server: LocalProsody, roster: str = "granted", auth: dict[str, Any] | None = None, **component: Any
+        server: LocalProsody,
+        roster: str = "granted",
+        auth: dict[str, Any] | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
+        clock: Clock | None = None,
+        **component: Any,
     ) -> RunningService:
+        """`sections` adds whole config sections ([smtp], [sharing], ...); `clock` is injected."""
         port = free_port()
         db_path = tmp_path / f"presence-{len(started)}.sqlite3"
-        config = parse_config(service_config(server, db_path, port, auth, **component))
-        service = Service(config)
+        config = parse_config(service_config(server, db_path, port, auth, **component) | (sections or {}))
+        service = Service(config, clock)
         started.append(service)
         await service.start()
         base_url = f"http://127.0.0.1:{port}"
@@ -221,6 +237,67 @@ async def service(make_service: ServiceFactory, ensure_prosody_up: LocalProsody)
     return await make_service(ensure_prosody_up)
 
 
+class AdjustableClock(Clock):
+    """Real time plus an offset that only the test moves (forward): expiry without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def now_ms(self) -> int:
+        return super().now_ms() + self.offset_ms
+
+    def advance(self, ms: int) -> None:
+        self.offset_ms += ms
+
+
+# ---- SMTP ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    """One mail as the SMTP server accepted it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes  # the DATA, as sent
+
+    @property
+    def message(self) -> email.message.EmailMessage:
+        return email.message_from_bytes(self.content, policy=email.policy.default)  # type: ignore[return-value]
+
+
+class SmtpSink:
+    """aiosmtpd handler: every accepted mail goes to `received` on the test's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.received: asyncio.Queue[ReceivedMail] = asyncio.Queue()
+        self.port = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        mail = ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
+        # aiosmtpd runs its own loop in a thread.
+        self.loop.call_soon_threadsafe(self.received.put_nowait, mail)
+        return "250 Message accepted for delivery"
+
+    async def next_mail(self) -> ReceivedMail:
+        async with asyncio.timeout(TIMEOUT):
+            return await self.received.get()
+
+
+@pytest.fixture
+async def smtp_server() -> AsyncIterator[SmtpSink]:
+    """A real SMTP server on a free 127.0.0.1 port; stopped at teardown."""
+    sink = SmtpSink(asyncio.get_running_loop())
+    sink.port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
+    await asyncio.to_thread(controller.start)
+    try:
+        yield sink
+    finally:
+        await asyncio.to_thread(controller.stop)
+
+
 # ---- XMPP clients ---------------------------------------------------------------------
 
 
@@ -231,6 +308,15 @@ class Management:
     sender: str  # the message's from (bare)
     type: str | None  # the message's type attribute
     handshake: dict[str, str]  # the <presencehandshake/> attributes
+
+
+@dataclass(frozen=True)
+class SharingMessage:
+    """One `<message type='management'/>` carrying `<devicesharing/>` (family 3)."""
+
+    sender: str  # the message's from (bare)
+    type: str | None  # the message's type attribute
+    attrs: dict[str, str]  # the <devicesharing/> attributes
 
 
 @dataclass(frozen=True)
@@ -256,6 +342,8 @@ class XmppUser:
         self.client: slixmpp.ClientXMPP | None = None
         self.management: asyncio.Queue[Management] = asyncio.Queue()
         self.offline: list[Management] = []
+        self.sharing: asyncio.Queue[SharingMessage] = asyncio.Queue()
+        self.offline_sharing: list[SharingMessage] = []
         self.roster_pushes: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         # Kept across reconnects: a probe answer arrives right after the login.
         self.extension_presence: asyncio.Queue[ExtensionPresence] = asyncio.Queue()
@@ -297,6 +385,13 @@ class XmppUser:
             )
         )
         client.register_handler(
+            Callback(
+                "e2e device sharing",
+                MatchXPath(f"{{jabber:client}}message/{{{NS_CONF}}}devicesharing"),
+                self._on_sharing,
+            )
+        )
+        client.register_handler(
             Callback("e2e roster push", MatchXPath(f"{{jabber:client}}iq/{{{NS_ROSTER}}}query"), self._on_roster_iq)
         )
         client.register_handler(
@@ -323,6 +418,14 @@ class XmppUser:
             self.offline.append(seen)
         else:
             self.management.put_nowait(seen)
+
+    def _on_sharing(self, msg: slixmpp.Message) -> None:
+        child = msg.xml.find(f"{{{NS_CONF}}}devicesharing")
+        seen = SharingMessage(msg["from"].bare, msg.xml.get("type"), dict(child.attrib))
+        if msg.xml.find(f"{{{NS_DELAY}}}delay") is not None:
+            self.offline_sharing.append(seen)  # from mod_offline: not this test's traffic
+        else:
+            self.sharing.put_nowait(seen)
 
     def _on_presence(self, pres: slixmpp.Presence) -> None:
         sender = pres["from"]
@@ -373,6 +476,14 @@ class XmppUser:
         async with asyncio.timeout(TIMEOUT):
             for _ in range(count):
                 out.append(await self.management.get())
+        return out
+
+    async def next_sharing(self, count: int = 1) -> list[SharingMessage]:
+        """The next `count` device-sharing management messages, in arrival order."""
+        out = []
+        async with asyncio.timeout(TIMEOUT):
+            for _ in range(count):
+                out.append(await self.sharing.get())
         return out
 
     async def roster_push_for(self, contact: str, subscription: str) -> list[tuple[str, str]]:
@@ -431,6 +542,10 @@ class XmppUser:
     async def handshake(self, itype: str = "set", **attrs: str) -> slixmpp.Iq:
         """`<presencehandshake xmlns='jabber:iq:configuration' .../>` to the component."""
         return await self.iq(itype, ET.Element(f"{{{NS_CONF}}}presencehandshake", attrs))
+
+    async def deviceshare(self, **attrs: str) -> slixmpp.Iq:
+        """`<iq type='set'><deviceshare xmlns=NS_SHARE .../></iq>` to the component."""
+        return await self.iq("set", ET.Element(f"{{{NS_SHARE}}}deviceshare", attrs))
 
 
 def handshake_of(answer: slixmpp.Iq) -> dict[str, str]:
@@ -526,6 +641,13 @@ class RestApi:
         """A Kazoo path (`/v2/...`) with the token in `X-Auth-Token` (none if `token` is None)."""
         headers = {"X-Auth-Token": token} if token is not None else {}
         return await self.call(method, path, body=body, data=data, headers=headers, params=params)
+
+    async def xlink(
+        self, method: str, path: str, token: str | None, body: Any = None, data: bytes | str | None = None
+    ) -> tuple[int, Any]:
+        """An Xlink path (`/v2/share/device...`) with the token in `Access-Token`."""
+        headers = {"Access-Token": token} if token is not None else {}
+        return await self.call(method, path, body=body, data=data, headers=headers)
 
     async def call(
         self,

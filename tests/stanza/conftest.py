@@ -10,6 +10,7 @@ import pytest
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
 from component.config import ComponentConfig
+from component.device_sharing import DeviceSharing, SharingSettings
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
@@ -61,11 +62,20 @@ def states(
 
 
 @pytest.fixture
+def device_sharing(db: Database, clock: FixedClock, config: ComponentConfig) -> DeviceSharing:
+    return DeviceSharing(db, clock, config.served_domains(), SharingSettings(component_jid=COMPONENT))
+
+
+@pytest.fixture
 def comp(
-    config: ComponentConfig, identity: Identity, sharing: PresenceSharing, states: PresenceStates
+    config: ComponentConfig,
+    identity: Identity,
+    sharing: PresenceSharing,
+    states: PresenceStates,
+    device_sharing: DeviceSharing,
 ) -> PresenceComponent:
     return PresenceComponent(
-        config, identity, sharing, states, max_page_size=50,
+        config, identity, sharing, states, device_sharing, max_page_size=50,
         admins=frozenset({"admin@example.test"}),
     )
 

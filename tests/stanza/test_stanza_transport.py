@@ -41,7 +41,9 @@ async def test_disco_info_names_the_service(wire: Wire) -> None:
         "<query xmlns='http://jabber.org/protocol/disco#info'>"
         "<identity category='component' type='presence' name='Presence consent'/>"
         f"<feature var='{NS}'/>"
-        "<feature var='http://jabber.org/protocol/rsm'/></query></iq>",
+        "<feature var='http://jabber.org/protocol/rsm'/>"
+        "<feature var='urn:xmpp:presence-consent:0'/>"
+        "<feature var='urn:xmpp:presence-consent:share:0'/></query></iq>",
     ), str(reply)
 
 

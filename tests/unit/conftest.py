@@ -4,13 +4,16 @@ injected FixedClock and a fake password verifier (the XMPP server's job)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
-from component.model import BareJid, User
+from component.commands import CreateAccount, CreateAccountUser, CreateDevice, Principal
+from component.device_sharing import DeviceSharing, SharingSettings
+from component.model import Account, BareJid, Device, User
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 from storage import Database
@@ -80,3 +83,55 @@ async def bob(identity: Identity) -> User:
 @pytest.fixture
 async def carol(identity: Identity) -> User:
     return await identity.user_for_jid(BareJid("carol@example.test"))
+
+
+# ---- family 3 (device sharing) -------------------------------------------------------
+
+SHARE_SETTINGS = SharingSettings(
+    component_jid="presence.example.test",
+    max_expire_s=86_400,
+    max_pending_per_device=3,
+    email_enabled=True,
+    public_url="https://presence.example.test/api/",
+)
+
+
+@dataclass(frozen=True)
+class Home:
+    """One account (realm example.test): alice manages the hall phone (extension 1001),
+    bob manages the desk phone (extension 1002); both are provisioned with an e-mail
+    address. carol is a user of the served domain that was never provisioned."""
+
+    account: Account
+    hall: Device
+    desk: Device
+    alice: User
+    bob: User
+    carol: User
+
+
+@pytest.fixture
+def mail_wakes() -> CommitCounter:
+    return CommitCounter()
+
+
+@pytest.fixture
+def device_sharing(
+    db: Database, clock: FixedClock, commits: CommitCounter, mail_wakes: CommitCounter
+) -> DeviceSharing:
+    return DeviceSharing(db, clock, SERVED, SHARE_SETTINGS, on_commit=commits, on_mail=mail_wakes)
+
+
+@pytest.fixture
+async def home(provisioning: Provisioning, alice: User, bob: User, carol: User) -> Home:
+    admin = Principal(None)
+    account = await provisioning.create_account(admin, CreateAccount("Example", "example.test"))
+    await provisioning.create_user(admin, account.id, CreateAccountUser("alice", email="alice@mail.test"))
+    await provisioning.create_user(admin, account.id, CreateAccountUser("bob", email="Bob@Mail.test"))
+    hall = await provisioning.create_device(
+        admin, account.id, CreateDevice("Hall phone", "1001", owner_id=alice.id)
+    )
+    desk = await provisioning.create_device(
+        admin, account.id, CreateDevice("Desk phone", "1002", owner_id=bob.id)
+    )
+    return Home(account, hall, desk, alice, bob, carol)
