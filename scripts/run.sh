@@ -116,7 +116,7 @@ done
 grep -q "^prosody running" "$DEMO_ABS/up.log" || { say "Prosody did not start within 20 s"; exit 1; }
 
 say "starting a local mailbox on 127.0.0.1:$SMTP_PORT (mails land in $DEMO_ABS/mailbox/new/)"
-mkdir -p "$DEMO_ABS/mailbox"
+mkdir -p "$DEMO_ABS/mailbox/tmp" "$DEMO_ABS/mailbox/new" "$DEMO_ABS/mailbox/cur"  # a maildir
 "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Mailbox "$DEMO_ABS/mailbox" &
 MAILBOX_PID=$!
 
