@@ -359,7 +359,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         Path(args.dir),
         domain=args.domain,
         component_jid=args.component_jid,
-        component_secret=args.secret,
+        component_secret=(
+            Path(args.secret_file).read_text().strip() if args.secret_file else args.secret
+        ),
         c2s_port=args.c2s_port,
         component_port=args.component_port,
         grant_roster=not args.no_privilege,
@@ -409,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--domain", default="example.test")
     up.add_argument("--component-jid", default="presence.example.test")
     up.add_argument("--secret", default=DEFAULT_SECRET)
+    up.add_argument("--secret-file", help="read the component secret from this file"
+                    " (keeps it out of the process list)")
     up.add_argument("--c2s-port", type=int, default=None)
     up.add_argument("--component-port", type=int, default=None)
     up.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD")

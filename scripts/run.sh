@@ -90,17 +90,17 @@ sleep 0.5
 
 say "starting Prosody on 127.0.0.1 (c2s $C2S_PORT, component $COMPONENT_PORT)"
 "$VENV/bin/python" scripts/local_prosody.py up --dir "$DEMO_ABS/xmpp" --domain "$DOMAIN" \
-  --component-jid "$COMPONENT_JID" --secret "$SECRET" \
+  --component-jid "$COMPONENT_JID" --secret-file "$DEMO_ABS/secret" \
   --c2s-port "$C2S_PORT" --component-port "$COMPONENT_PORT" \
-  --user alice:alice-password --user bob:bob-password > >(tee "$DEMO_ABS/up.log") 2>&1 &
+  --user alice:alice-password --user bob:bob-password > "$DEMO_ABS/up.log" 2>&1 &
 PROSODY_PID=$!
 SERVICE_PID=""
 MAILBOX_PID=""
 cleanup() {
-  trap - EXIT INT TERM
-  [ -n "$SERVICE_PID" ] && kill "$SERVICE_PID" 2>/dev/null && wait "$SERVICE_PID" 2>/dev/null
-  [ -n "$MAILBOX_PID" ] && kill "$MAILBOX_PID" 2>/dev/null && wait "$MAILBOX_PID" 2>/dev/null
-  kill "$PROSODY_PID" 2>/dev/null && wait "$PROSODY_PID" 2>/dev/null
+  trap - EXIT INT TERM HUP
+  set +e  # a child killed by our signal makes `wait` return 143: keep cleaning up
+  for pid in $SERVICE_PID $MAILBOX_PID $PROSODY_PID; do kill "$pid" 2>/dev/null; done
+  for pid in $SERVICE_PID $MAILBOX_PID $PROSODY_PID; do wait "$pid" 2>/dev/null; done
   say "stopped"
 }
 trap cleanup EXIT
@@ -109,11 +109,16 @@ trap 'exit 130' INT TERM HUP
 # Wait for the `up` helper to report Prosody running (it exits on any failure, e.g. a port
 # already taken by another server).
 for _ in $(seq 1 100); do
-  kill -0 "$PROSODY_PID" 2>/dev/null || { say "Prosody failed to start (see above and $DEMO_ABS/xmpp/prosody.log)"; exit 1; }
+  kill -0 "$PROSODY_PID" 2>/dev/null || {
+    cat "$DEMO_ABS/up.log" >&2
+    say "Prosody failed to start (see above and $DEMO_ABS/xmpp/prosody.log)"
+    exit 1
+  }
   grep -q "^prosody running" "$DEMO_ABS/up.log" 2>/dev/null && break
   sleep 0.2
 done
 grep -q "^prosody running" "$DEMO_ABS/up.log" || { say "Prosody did not start within 20 s"; exit 1; }
+sed 's/^/  /' "$DEMO_ABS/up.log" >&2
 
 say "starting a local mailbox on 127.0.0.1:$SMTP_PORT (mails land in $DEMO_ABS/mailbox/new/)"
 mkdir -p "$DEMO_ABS/mailbox/tmp" "$DEMO_ABS/mailbox/new" "$DEMO_ABS/mailbox/cur"  # a maildir
