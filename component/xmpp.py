@@ -229,6 +229,12 @@ class PresenceComponent(ComponentXMPP):
             self.dispatcher.wake()
 
     def on_privileges(self, msg: Message) -> None:
+        sender = msg["from"]
+        if sender.user or sender.resource or sender.domain not in self.served_domains:
+            # XEP-0356 section 4.2: only the server (a served domain's own JID) advertises
+            # privileges; a user could otherwise revoke our roster access by message.
+            log.warning("xmpp: ignoring a privilege advertisement from %s", sender)
+            return
         domain = self.grants.update(msg)
         log.info("xmpp: %s advertises roster privilege %r", domain, self.grants.roster.get(domain))
         if all(d in self.grants.roster for d in self.served_domains):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from slixmpp.xmlstream import ET
 
 from component.delivery import OutboxDispatcher, TransportGone
 from component.xmpp import PresenceComponent
@@ -193,3 +194,19 @@ async def test_the_dispatcher_delivers_an_accept_through_the_component(
     wire.feed(f"<iq type='result' id='{ping['id']}' from='example.test' to='{COMPONENT}'/>")
     await asyncio.wait_for(draining, 5)
     assert await outbox.count(db.reader) == 0
+
+
+@pytest.mark.parametrize("sender", ["alice@example.test", "example.test/res", "evil.test"])
+async def test_privilege_advertisements_are_only_taken_from_the_server(
+    comp: PresenceComponent, wire: Wire, sender: str
+) -> None:
+    """XEP-0356 section 4.2: a user (or another domain) cannot grant or revoke privileges."""
+    forged = comp.make_message(mto=COMPONENT, mfrom=sender)
+    forged.xml.append(
+        ET.fromstring(
+            "<privilege xmlns='urn:xmpp:privilege:2'><perm access='roster' type='both'/></privilege>"
+        )
+    )
+    comp.on_privileges(forged)
+    assert not comp.roster_allowed("bob@example.test")
+    assert comp.grants.roster == {}
