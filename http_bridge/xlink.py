@@ -24,9 +24,8 @@ QR_SCALE = 8  # pixels per module: a 33-module code is a 328 px image with its q
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post(P, share)
-    r.add_post(f"{P}/cancel", cancel)
-    r.add_post(f"{P}/accept", accept)
-    r.add_post(f"{P}/deny", deny)
+    for action in ("cancel", "accept", "deny"):
+        r.add_post(f"{P}/{action}", _answer_handler(action))
     r.add_get(f"{P}/list", list_shares)
     r.add_delete(f"{P}/delete/{{invite_code}}", delete)
     r.add_get(f"{P}/qrcode/{{invite_code}}.{{fmt:png|svg}}", qrcode)
@@ -57,22 +56,17 @@ async def share(request: web.Request) -> web.Response:
     return web.json_response({"invite_code": created.invite_code})
 
 
-async def cancel(request: web.Request) -> web.Response:
-    user = await caller(request)
-    await _sharing(request).cancel(ShareAnswer.from_fields(user, await read_json_object(request)))
-    return _ok()
+def _answer_handler(action: str):
+    """cancel / accept / deny: the same body, the action of the same name, 200 empty."""
 
+    async def handler(request: web.Request) -> web.Response:
+        user = await caller(request)
+        answer = ShareAnswer.from_fields(user, await read_json_object(request))
+        await getattr(_sharing(request), action)(answer)
+        return _ok()
 
-async def accept(request: web.Request) -> web.Response:
-    user = await caller(request)
-    await _sharing(request).accept(ShareAnswer.from_fields(user, await read_json_object(request)))
-    return _ok()
-
-
-async def deny(request: web.Request) -> web.Response:
-    user = await caller(request)
-    await _sharing(request).deny(ShareAnswer.from_fields(user, await read_json_object(request)))
-    return _ok()
+    handler.__name__ = f"{action}_share"
+    return handler
 
 
 async def list_shares(request: web.Request) -> web.Response:
