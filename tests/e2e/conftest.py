@@ -31,6 +31,7 @@ import email.policy
 import json
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -713,3 +714,102 @@ def assert_rainbow_error(status: int, body: Any, expected_status: int, details_c
     assert body["errorMsg"] == HTTPStatus(expected_status).phrase
     assert isinstance(body["errorDetails"], str) and body["errorDetails"]
     assert body["errorDetailsCode"] == details_code
+
+
+# ---- the service as a real child process (SIGKILL and restart tests) -------------------------
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def wait_until(predicate, timeout: float = TIMEOUT) -> None:
+    """Poll an async predicate until it holds; fails after `timeout` (never asserts speed)."""
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+def toml_text(raw: dict[str, dict[str, Any]]) -> str:
+    """Enough TOML for the service's config: tables of strings, numbers and booleans."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = []
+    for section, table in raw.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {value(v)}" for key, v in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+class ServiceProcess:
+    """`python -m component --config FILE` as a child process (stderr kept in a file)."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "component", "--config", str(self.config_path),
+                cwd=str(REPO), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+
+    async def kill(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        return await self.proc.wait()
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+class ServiceProcesses:
+    """Successive service processes on one config and database (SIGKILL/restart tests)."""
+
+    def __init__(self, prosody: LocalProsody, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+        port = free_port()
+        self.tmp_path = tmp_path
+        self.db_path = tmp_path / "presence.sqlite3"
+        self.config_path = tmp_path / "config.toml"
+        self.config_path.write_text(
+            toml_text(service_config(prosody, self.db_path, port) | {"logging": {"level": "INFO"}})
+        )
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.api = RestApi(http, self.base_url)
+        self.procs: list[ServiceProcess] = []
+
+    async def start(self) -> ServiceProcess:
+        """Start the next process and wait until it is healthy with the roster granted."""
+        proc = ServiceProcess(self.config_path, self.tmp_path / f"service-{len(self.procs) + 1}.log")
+        self.procs.append(proc)
+        await proc.start()
+        await wait_for_health(self.base_url, healthy("granted"))
+        return proc
+
+
+@pytest.fixture
+async def service_processes(
+    ensure_prosody_up: LocalProsody, tmp_path: Path, http: aiohttp.ClientSession
+) -> AsyncIterator[ServiceProcesses]:
+    rig = ServiceProcesses(ensure_prosody_up, tmp_path, http)
+    yield rig
+    for proc in rig.procs:
+        await proc.stop()
+
+

@@ -7,10 +7,7 @@ import logging
 import shutil
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -18,28 +15,19 @@ import pytest
 from local_prosody import LocalProsody, free_port
 from storage import outbox
 from tests.e2e.conftest import (
-    TIMEOUT,
     RestApi,
     RunningService,
     ServiceFactory,
+    ServiceProcesses,
     healthy,
     jid,
     management,
-    service_config,
     start_prosody,
     wait_for_health,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-async def wait_until(predicate, timeout: float = TIMEOUT) -> None:
-    """Poll an async predicate until it holds; fails after `timeout` (never asserts speed)."""
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.05)
 
 
 async def outbox_rows(running: RunningService) -> int:
@@ -169,79 +157,12 @@ async def test_prosody_restart_while_running_loses_nothing(
 # ---- the service as a real process, SIGKILLed ----------------------------------------------
 
 
-def toml_text(raw: dict[str, dict[str, Any]]) -> str:
-    """Enough TOML for the service's config: tables of strings, numbers and booleans."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = []
-    for section, table in raw.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {value(v)}" for key, v in table.items())
-        lines.append("")
-    return "\n".join(lines)
-
-
-class ServiceProcess:
-    """`python -m component --config FILE` as a child process (stderr kept in a file)."""
-
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        self.config_path = config_path
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "component", "--config", str(self.config_path),
-                cwd=str(REPO), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            )
-
-    async def kill(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        return await self.proc.wait()
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-@pytest.fixture
-async def service_processes(tmp_path: Path) -> AsyncIterator[list[ServiceProcess]]:
-    procs: list[ServiceProcess] = []
-    yield procs
-    for proc in procs:
-        await proc.stop()
-
-
 async def test_sigkill_keeps_every_acknowledged_request_and_token(
-    ensure_prosody_up: LocalProsody, tmp_path: Path, service_processes: list[ServiceProcess],
-    http: aiohttp.ClientSession,
+    service_processes: ServiceProcesses,
 ) -> None:
-    port = free_port()
-    db_path = tmp_path / "presence.sqlite3"
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(toml_text(service_config(ensure_prosody_up, db_path, port) | {"logging": {"level": "INFO"}}))
-    base_url = f"http://127.0.0.1:{port}"
-    api = RestApi(http, base_url)
-
-    first = ServiceProcess(config_path, tmp_path / "service-1.log")
-    service_processes.append(first)
-    await first.start()
-    await wait_for_health(base_url, healthy("granted"))
+    api = service_processes.api
+    db_path = service_processes.db_path
+    first = await service_processes.start()
     users = {name: await api.login(name) for name in ("alice", "bob", "carol", "dave")}
     pairs = [("alice", "bob"), ("alice", "carol"), ("alice", "dave"), ("bob", "carol"), ("carol", "dave"), ("dave", "bob")]
     acknowledged: dict[str, tuple[str, str]] = {}
@@ -255,10 +176,7 @@ async def test_sigkill_keeps_every_acknowledged_request_and_token(
 
     assert await first.kill() == -signal.SIGKILL
 
-    second = ServiceProcess(config_path, tmp_path / "service-2.log")
-    service_processes.append(second)
-    await second.start()
-    await wait_for_health(base_url, healthy("granted"))
+    await service_processes.start()
 
     # Tokens issued before the kill still work, and every acknowledged request is there.
     for name, who in users.items():

@@ -23,14 +23,12 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from slixmpp.xmlstream import ET
 
-from local_prosody import LocalProsody, free_port
+from local_prosody import LocalProsody
 from tests.e2e.conftest import (
     ADMIN_TOKEN,
     COMPONENT,
@@ -42,13 +40,11 @@ from tests.e2e.conftest import (
     RunningService,
     ServiceFactory,
     XmppUser,
+    ServiceProcesses,
     error_condition,
-    healthy,
     jid,
-    service_config,
-    wait_for_health,
+    wait_until,
 )
-from tests.e2e.test_resilience import ServiceProcess, toml_text, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -477,29 +473,12 @@ async def test_kazoo_errors_in_kazoo_envelope(api: RestApi, service: RunningServ
 # ---- a SIGKILLed service keeps subscriptions and state --------------------------------------
 
 
-@pytest.fixture
-async def service_processes() -> AsyncIterator[list[ServiceProcess]]:
-    procs: list[ServiceProcess] = []
-    yield procs
-    for proc in procs:
-        await proc.stop()
-
-
 async def test_sigkill_restart_keeps_subscriptions_state_and_sequence(
-    ensure_prosody_up: LocalProsody, tmp_path: Path, xmpp_users, http: aiohttp.ClientSession,
-    service_processes: list[ServiceProcess],
+    xmpp_users, service_processes: ServiceProcesses,
 ) -> None:
-    port = free_port()
-    db_path = tmp_path / "presence.sqlite3"
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(toml_text(service_config(ensure_prosody_up, db_path, port) | {"logging": {"level": "INFO"}}))
-    base_url = f"http://127.0.0.1:{port}"
-    api = RestApi(http, base_url)
-
-    first = ServiceProcess(config_path, tmp_path / "service-1.log")
-    service_processes.append(first)
-    await first.start()
-    await wait_for_health(base_url, healthy("granted"))
+    api = service_processes.api
+    db_path = service_processes.db_path
+    first = await service_processes.start()
     tenant = await provision(api)
     bob, carol = await xmpp_users("bob"), await xmpp_users("carol")
     await subscribe(bob, "*3101")
@@ -522,10 +501,7 @@ async def test_sigkill_restart_keeps_subscriptions_state_and_sequence(
     await wait_until(outbox_empty)
     assert await first.kill() == -signal.SIGKILL
 
-    second = ServiceProcess(config_path, tmp_path / "service-2.log")
-    service_processes.append(second)
-    await second.start()
-    await wait_for_health(base_url, healthy("granted"))
+    await service_processes.start()
 
     assert await listing(api, tenant) == before
 
