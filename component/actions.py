@@ -65,8 +65,7 @@ class PasswordVerifier(Protocol):
 async def write_outbox(
     tx: aiosqlite.Connection, notifications: Iterable[Notification], now_ms: int
 ) -> None:
-    for n in notifications:
-        await outbox.add(tx, n.kind, n.recipient, n.payload, now_ms)
+    await outbox.add_many(tx, [(n.kind, n.recipient, n.payload) for n in notifications], now_ms)
 
 
 def _token_hash(token: str) -> bytes:

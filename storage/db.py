@@ -37,6 +37,12 @@ _PRAGMAS = (
 )
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a group's outcome as seen: members that failed on their own never await it."""
+    if not future.cancelled():
+        future.exception()
+
+
 class SchemaTooNew(RuntimeError):
     """The database was written by a newer version of the service."""
 
@@ -48,6 +54,10 @@ class Database:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
+        # Group commit: the open SQLite transaction's completion, and how many
+        # transactions wait for the write lock (they join the group).
+        self._group: asyncio.Future[None] | None = None
+        self._queued = 0
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -91,17 +101,77 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction: committed on success, rolled back on any exception."""
-        assert self._writer is not None, "Database.open() was not awaited"
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
+        """One write transaction: durable once the block exits, rolled back on any exception.
+
+        Group commit: transactions queued while one runs join its SQLite transaction,
+        each in its own savepoint (so one failing rolls back only itself), and the
+        last of the queue commits for all: one fsync for the group. Every caller
+        still returns only after the COMMIT that made its changes durable.
+        """
+        writer = self._writer
+        assert writer is not None, "Database.open() was not awaited"
+        self._queued += 1
+        try:
+            await self._write_lock.acquire()
+        except BaseException:
+            # A cancelled waiter may have been the one the group was left open for.
+            self._queued -= 1
+            asyncio.get_running_loop().call_soon(self._commit_abandoned_group)
+            raise
+        self._queued -= 1
+        opened = self._group is None
+        try:
+            if opened:
+                await writer.execute("BEGIN IMMEDIATE")
+                self._group = asyncio.get_running_loop().create_future()
+                self._group.add_done_callback(_retrieve)
             else:
-                await self._writer.execute("COMMIT")
+                await writer.execute("SAVEPOINT tx")
+            group = self._group
+            try:
+                yield writer
+            except BaseException:
+                if opened:  # alone in the group so far: undo it all
+                    self._group = None
+                    await writer.execute("ROLLBACK")
+                    group.set_result(None)
+                else:
+                    await writer.execute("ROLLBACK TO tx")
+                    await writer.execute("RELEASE tx")
+                raise
+            if not opened:
+                await writer.execute("RELEASE tx")
+        finally:
+            try:
+                if self._group is not None and self._queued == 0:
+                    await asyncio.shield(self._commit_group())
+            finally:
+                self._write_lock.release()
+        await asyncio.shield(group)
+
+    async def _commit_group(self) -> None:
+        """COMMIT the open group and tell every member (called with the write lock held)."""
+        assert self._writer is not None and self._group is not None
+        group, self._group = self._group, None
+        try:
+            await self._writer.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                await self._writer.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001 - the COMMIT error is the one to report
+                pass
+            group.set_exception(exc if isinstance(exc, Exception) else RuntimeError("commit interrupted"))
+        else:
+            group.set_result(None)
+
+    def _commit_abandoned_group(self) -> None:
+        if self._group is not None:
+            asyncio.ensure_future(self._commit_when_free())
+
+    async def _commit_when_free(self) -> None:
+        async with self._write_lock:  # not counted in _queued: real transactions go first
+            if self._group is not None and self._queued == 0:
+                await self._commit_group()
 
     async def schema_version(self) -> int:
         conn = self._writer or self._reader

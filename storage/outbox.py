@@ -20,10 +20,21 @@ class OutboxRow:
 async def add(
     conn: aiosqlite.Connection, kind: str, recipient: str, payload: dict[str, Any], now_ms: int
 ) -> None:
-    await conn.execute(
-        "INSERT INTO outbox (kind, recipient, payload, created_at) VALUES (?, ?, ?, ?)",
-        (kind, recipient, json.dumps(payload, separators=(",", ":")), now_ms),
-    )
+    await add_many(conn, [(kind, recipient, payload)], now_ms)
+
+
+async def add_many(
+    conn: aiosqlite.Connection, rows: list[tuple[str, str, dict[str, Any]]], now_ms: int
+) -> None:
+    """Several rows in one call (one trip to SQLite's thread), in order."""
+    if rows:
+        await conn.executemany(
+            "INSERT INTO outbox (kind, recipient, payload, created_at) VALUES (?, ?, ?, ?)",
+            [
+                (kind, recipient, json.dumps(payload, separators=(",", ":")), now_ms)
+                for kind, recipient, payload in rows
+            ],
+        )
 
 
 async def next_batch(conn: aiosqlite.Connection, after_id: int, limit: int) -> list[OutboxRow]:
