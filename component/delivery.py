@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from typing import Protocol
 
 from component.notifications import MESSAGE, PRESENCE, ROSTER
@@ -52,11 +51,14 @@ class OutboxDispatcher(Worker):
 
     task_name = "outbox-dispatcher"
 
-    def __init__(self, db: Database, transport: Transport, batch_size: int = 500) -> None:
+    def __init__(
+        self, db: Database, transport: Transport, batch_size: int = 500, confirm_window: int = 2000
+    ) -> None:
         super().__init__()
         self.db = db
         self.transport = transport
         self.batch_size = batch_size
+        self.confirm_window = confirm_window
         self.delivered = 0
 
     async def _run(self) -> None:
@@ -75,20 +77,36 @@ class OutboxDispatcher(Worker):
                 self._wake.set()
 
     async def drain(self) -> None:
-        """Deliver every row in the outbox, oldest first, until it is empty."""
-        while self.transport.ready:
-            async with self.db.read() as conn:
-                rows = await outbox.next_batch(conn, 0, self.batch_size)
-            if not rows:
-                return
-            await self._deliver(rows)
-            async with self.db.transaction() as tx:
-                await outbox.delete(tx, [r.id for r in rows])
-            self.delivered += len(rows)
-            log.debug("outbox: delivered %d row(s)", len(rows))
+        """Deliver every row in the outbox, oldest first, until it is empty.
 
-    async def _deliver(self, rows: list[OutboxRow]) -> None:
-        by_owner: dict[str, list[OutboxRow]] = defaultdict(list)
+        Rows are sent as they are read, batch after batch, without waiting for the
+        previous batch's roster IQs: those run as one ordered chain per roster item
+        (owner and contact: the last set wins), up to the transport's IQ bound, across
+        batch boundaries. Rows are confirmed (every roster answer in, then the barrier)
+        and deleted in windows of up to `confirm_window` rows, and whenever the
+        outbox runs dry.
+        """
+        cursor = 0
+        window: list[int] = []
+        chains: dict[tuple[str, str], asyncio.Task[None]] = {}
+        try:
+            while self.transport.ready:
+                async with self.db.read() as conn:
+                    rows = await outbox.next_batch(conn, cursor, self.batch_size)
+                if rows:
+                    self._send(rows, chains)
+                    cursor = rows[-1].id
+                    window.extend(r.id for r in rows)
+                if window and (not rows or len(window) >= self.confirm_window):
+                    await self._confirm(window, chains)
+                    window = []
+                elif not rows:
+                    return
+        finally:
+            for chain in chains.values():
+                chain.cancel()
+
+    def _send(self, rows: list[OutboxRow], chains: dict[tuple[str, str], asyncio.Task[None]]) -> None:
         for row in rows:
             if row.kind == MESSAGE:
                 self.transport.send_management(row)
@@ -96,21 +114,31 @@ class OutboxDispatcher(Worker):
                 self.transport.send_presence(row)
             elif row.kind == ROSTER:
                 if self.transport.roster_allowed(row.recipient):
-                    by_owner[row.recipient].append(row)
+                    # Order matters per roster item (the last set wins), not per owner.
+                    key = (row.recipient, row.payload["jid"])
+                    chains[key] = asyncio.create_task(self._set_after(chains.get(key), row))
                 else:
                     log.debug("outbox: roster privilege missing, dropping roster row %d", row.id)
             else:
                 log.error("outbox: unknown row kind %r (row %d), dropping it", row.kind, row.id)
-        # One owner's items in commit order (the last one wins); owners in parallel,
-        # bounded by the transport's IQ semaphore.
-        results = await asyncio.gather(
-            *(self._set_in_order(items) for items in by_owner.values()), return_exceptions=True
-        )
+
+    async def _set_after(self, previous: asyncio.Task[None] | None, row: OutboxRow) -> None:
+        """One roster item's sets in commit order: wait for the item's previous set first."""
+        if previous is not None:
+            await previous  # its failure (TransportGone) stops the rest of the chain
+        await self.transport.set_roster_item(row)
+
+    async def _confirm(
+        self, ids: list[int], chains: dict[tuple[str, str], asyncio.Task[None]]
+    ) -> None:
+        """Wait for every roster answer, then the barrier; then delete the rows."""
+        results = await asyncio.gather(*chains.values(), return_exceptions=True)
+        chains.clear()
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         await self.transport.barrier()
-
-    async def _set_in_order(self, rows: list[OutboxRow]) -> None:
-        for row in rows:
-            await self.transport.set_roster_item(row)
+        async with self.db.transaction() as tx:
+            await outbox.delete(tx, ids)
+        self.delivered += len(ids)
+        log.debug("outbox: delivered %d row(s)", len(ids))

@@ -146,14 +146,24 @@ async def test_rows_of_an_unknown_kind_are_dropped(db: Database) -> None:
     assert await outbox.count(db.reader) == 0
 
 
-async def test_batches_are_delivered_until_the_outbox_is_empty(
+async def test_batches_are_confirmed_in_windows_until_the_outbox_is_empty(
     db: Database, stored: list[OutboxRow]
 ) -> None:
     transport = FakeTransport(db)
-    await OutboxDispatcher(db, transport, batch_size=3).drain()
+    await OutboxDispatcher(db, transport, batch_size=3, confirm_window=3).drain()
     assert [e for e in transport.log if e[0] == "barrier"] == [
         ("barrier", 7), ("barrier", 4), ("barrier", 1),
     ]
+    assert await outbox.count(db.reader) == 0
+
+
+async def test_a_wide_window_confirms_every_batch_with_one_barrier(
+    db: Database, stored: list[OutboxRow]
+) -> None:
+    """Batches are sent back to back; the rows stay stored until the single barrier."""
+    transport = FakeTransport(db)
+    await OutboxDispatcher(db, transport, batch_size=3, confirm_window=100).drain()
+    assert [e for e in transport.log if e[0] == "barrier"] == [("barrier", 7)]
     assert await outbox.count(db.reader) == 0
 
 
