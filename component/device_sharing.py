@@ -35,12 +35,9 @@ from component.model import (
     InviteCode,
     ShareMode,
     ShareState,
-    Subscription,
-    SubscriptionId,
     User,
     UserId,
     is_object_id,
-    new_account_id,
     new_invite_code,
     parse_bare_jid,
     parse_device_id,
@@ -53,7 +50,7 @@ from component.notifications import (
     roster_item,
     sharing_messages,
 )
-from component.subscriptions import XMPP_EVENT
+from component.subscriptions import XMPP_EVENT, open_subscription
 from storage import Database, accounts, shares, users
 from storage import mail as mail_outbox
 from storage import subscriptions as subs
@@ -279,22 +276,11 @@ class DeviceSharing:
         account = await accounts.get_account(tx, device.account_id)
         assert account is not None
         user = share.to_user
-        await subs.add(
-            tx,
-            Subscription(
-                SubscriptionId(new_account_id()), account.realm, device.extension, XMPP_EVENT,
-                user.jid, now, 0, None, 1,
-            ),
+        _, _, state_note = await open_subscription(
+            tx, account.realm, device.extension, user.jid, now
         )
-        found = await subs.find(tx, account.realm, device.extension, XMPP_EVENT, user.jid)
-        assert found is not None
-        state = await subs.state_of(tx, account.realm, device.extension)
-        sequence = await subs.record_notification(tx, found.id, state.value)
         ext_jid = f"{device.extension}@{self.settings.component_jid}"
-        return [
-            roster_item(user.jid, ext_jid, "to", device.name),
-            extension_presence(user.jid, device.extension, state.value, sequence),
-        ]
+        return [roster_item(user.jid, ext_jid, "to", device.name), state_note]
 
     async def _revoke(self, tx: aiosqlite.Connection, share: DeviceShare, now: int) -> list[Notification]:
         """Undo `_grant`: the roster item and the subscription go, presence ends."""

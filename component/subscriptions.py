@@ -41,6 +41,30 @@ log = logging.getLogger(__name__)
 XMPP_EVENT = "presence"  # the Kazoo event name of subscriptions made over XMPP
 
 
+async def open_subscription(
+    tx: aiosqlite.Connection, realm: str, extension: str, subscriber: BareJid, now: int
+) -> tuple[Subscription, bool, Notification]:
+    """Record (or confirm) `subscriber`'s subscription to the extension, counting the
+    state notification it is owed now.
+
+    Returns the subscription as stored, whether it is new, and that state presence
+    (for the caller to put in the outbox after whatever must precede it).
+    """
+    created = await subs.add(
+        tx,
+        Subscription(
+            SubscriptionId(new_account_id()), realm, extension, XMPP_EVENT, subscriber,
+            now, 0, None, 1,
+        ),
+    )
+    found = await subs.find(tx, realm, extension, XMPP_EVENT, subscriber)
+    assert found is not None
+    state = await subs.state_of(tx, realm, extension)
+    sequence = await subs.record_notification(tx, found.id, state.value)
+    found = replace(found, notify_sequence=sequence, notify_body=state.value)
+    return found, created, extension_presence(subscriber, extension, state.value, sequence)
+
+
 class PresenceStates:
     def __init__(
         self,
@@ -70,23 +94,14 @@ class PresenceStates:
         extension = parse_extension(extension)
         now = self.clock.now_ms()
         async with self.db.transaction() as tx:
-            created = await subs.add(
-                tx,
-                Subscription(
-                    SubscriptionId(new_account_id()), realm, extension, XMPP_EVENT, subscriber,
-                    now, 0, None, 1,
-                ),
+            found, created, state_note = await open_subscription(
+                tx, realm, extension, subscriber, now
             )
-            found = await subs.find(tx, realm, extension, XMPP_EVENT, subscriber)
-            assert found is not None
-            state = await subs.state_of(tx, realm, extension)
-            sequence = await subs.record_notification(tx, found.id, state.value)
-            found = replace(found, notify_sequence=sequence, notify_body=state.value)
             await write_outbox(
                 tx,
                 [
                     extension_presence(subscriber, extension, None, presence_type="subscribed"),
-                    extension_presence(subscriber, extension, state.value, sequence),
+                    state_note,
                 ],
                 now,
             )
