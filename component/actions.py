@@ -11,11 +11,9 @@ import hashlib
 import hmac
 import logging
 import secrets
-from dataclasses import replace
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Protocol
-
-import aiosqlite
 
 from component.clock import Clock
 from component.commands import (
@@ -51,8 +49,7 @@ from component.notifications import (
     roster_item,
     subscription_for,
 )
-from storage import Database
-from storage import outbox, presence_requests, tokens, users
+from storage import Conn, Database, outbox, presence_requests, tokens, users
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +60,7 @@ class PasswordVerifier(Protocol):
 
 
 async def write_outbox(
-    tx: aiosqlite.Connection, notifications: Iterable[Notification], now_ms: int
+    tx: Conn, notifications: Iterable[Notification], now_ms: int
 ) -> None:
     await outbox.add_many(tx, [(n.kind, n.recipient, n.payload) for n in notifications], now_ms)
 
@@ -98,12 +95,11 @@ class Identity:
     async def user_for_jid(self, jid: BareJid) -> User:
         """The user behind a stanza's (server-stamped) sender, created on first sight."""
         self.check_served(jid)
-        async with self.db.read() as conn:
-            user = await users.by_jid(conn, jid)
+        user = await self.db.read(lambda conn: users.by_jid(conn, jid))
         if user is not None:
             return user
-        async with self.db.transaction() as tx:
-            return await users.get_or_create(tx, jid, self.clock.now_ms())
+        now = self.clock.now_ms()
+        return await self.db.write(lambda tx: users.get_or_create(tx, jid, now))
 
     async def login(self, jid_text: str, password: str) -> tuple[str, User]:
         """Verify the password against the XMPP server (never stored) and issue a token."""
@@ -117,18 +113,23 @@ class Identity:
             raise Unauthorized("invalid login or password")
         token = secrets.token_urlsafe(32)
         now = self.clock.now_ms()
-        async with self.db.transaction() as tx:
+        token_hash = _token_hash(token)
+
+        async def issue(tx: Conn) -> User:
             user = await users.get_or_create(tx, jid, now)
-            await tokens.insert(tx, _token_hash(token), user.id, now, now + self.token_ttl_ms)
+            await tokens.insert(tx, token_hash, user.id, now, now + self.token_ttl_ms)
             await tokens.purge_expired(tx, now)
+            return user
+
+        user = await self.db.write(issue)
         log.info("login accepted for %s (user %s)", jid, user.id)
         return token, user
 
     async def authenticate(self, token: str | None) -> User:
         if not token:
             raise Unauthorized("missing token")
-        async with self.db.read() as conn:
-            user = await tokens.user_for(conn, _token_hash(token), self.clock.now_ms())
+        token_hash, now = _token_hash(token), self.clock.now_ms()
+        user = await self.db.read(lambda conn: tokens.user_for(conn, token_hash, now))
         if user is None:
             raise Unauthorized("invalid or expired token")
         return user
@@ -142,8 +143,8 @@ class Identity:
         return Principal(await self.authenticate(token))
 
     async def logout(self, token: str) -> None:
-        async with self.db.transaction() as tx:
-            await tokens.delete(tx, _token_hash(token))
+        token_hash = _token_hash(token)
+        await self.db.write(lambda tx: tokens.delete(tx, token_hash))
 
 
 # Which party may apply a transition, from which state, and what it announces.
@@ -175,7 +176,8 @@ class PresenceSharing:
 
     async def create(self, cmd: CreatePresenceRequest) -> PresenceRequest:
         now = self.clock.now_ms()
-        async with self.db.transaction() as tx:
+
+        async def create(tx: Conn) -> PresenceRequest:
             if cmd.to_jid is not None:
                 if jid_domain(cmd.to_jid) not in self.served_domains:
                     raise BadRequest(f"toJid must be a user of a served domain, not {cmd.to_jid}")
@@ -203,8 +205,14 @@ class PresenceSharing:
             )
             await presence_requests.insert(tx, request)
             await write_outbox(tx, handshake_messages(request, "create", "pending"), now)
+            return request
+
+        request = await self.db.write(create)
         log.info(
-            "presence request %s created: %s asks %s", request.id, request.from_user.jid, target.jid
+            "presence request %s created: %s asks %s",
+            request.id,
+            request.from_user.jid,
+            request.to_user.jid,
         )
         self.on_commit()
         return request
@@ -212,7 +220,8 @@ class PresenceSharing:
     async def transition(self, cmd: TransitionPresenceRequest) -> PresenceRequest:
         party, required, result, action = _RULES[cmd.transition]
         now = self.clock.now_ms()
-        async with self.db.transaction() as tx:
+
+        async def transition(tx: Conn) -> tuple[PresenceRequest, PresenceRequest]:
             request = await self._visible(tx, cmd.caller, cmd.request_id)
             actor = request.to_user if party == "receiver" else request.from_user
             if actor.id != cmd.caller.id:
@@ -233,6 +242,9 @@ class PresenceSharing:
             if cmd.transition in (Transition.ACCEPT, Transition.INTERRUPT):
                 notes += await self._roster_changes(tx, done)
             await write_outbox(tx, notes, now)
+            return request, done
+
+        request, done = await self.db.write(transition)
         log.info(
             "presence request %s %s by %s (%s -> %s)",
             request.id,
@@ -245,12 +257,12 @@ class PresenceSharing:
         return done
 
     async def get(self, caller: User, request_id: RequestId) -> PresenceRequest:
-        async with self.db.read() as conn:
-            return await self._visible(conn, caller, request_id)
+        return await self.db.read(lambda conn: self._visible(conn, caller, request_id))
 
     async def list(self, cmd: ListPresenceRequests) -> Page[PresenceRequest]:
-        after = None
-        async with self.db.read() as conn:
+
+        async def page(conn: Conn) -> Page[PresenceRequest]:
+            after = None
             if cmd.after is not None:
                 anchor = await self._visible(conn, cmd.caller, cmd.after)
                 after = (anchor.request_date, anchor.id)
@@ -264,10 +276,12 @@ class PresenceSharing:
                 cmd.descending,
                 after,
             )
-        return Page(items=items, total=total, limit=cmd.limit, offset=cmd.offset)
+            return Page(items=items, total=total, limit=cmd.limit, offset=cmd.offset)
+
+        return await self.db.read(page)
 
     async def _visible(
-        self, conn: aiosqlite.Connection, caller: User, request_id: RequestId
+        self, conn: Conn, caller: User, request_id: RequestId
     ) -> PresenceRequest:
         """The request, if the caller is one of its two parties; 404 otherwise (no oracle)."""
         request = await presence_requests.get(conn, request_id)
@@ -276,7 +290,7 @@ class PresenceSharing:
         return request
 
     async def _roster_changes(
-        self, tx: aiosqlite.Connection, request: PresenceRequest
+        self, tx: Conn, request: PresenceRequest
     ) -> list[Notification]:
         """Roster items after accept/interrupt of `request` (sender sees receiver).
 

@@ -91,8 +91,9 @@ class OutboxDispatcher(Worker):
         chains: dict[tuple[str, str], asyncio.Task[None]] = {}
         try:
             while self.transport.ready:
-                async with self.db.read() as conn:
-                    rows = await outbox.next_batch(conn, cursor, self.batch_size)
+                rows = await self.db.read(
+                    lambda conn, after=cursor: outbox.next_batch(conn, after, self.batch_size)
+                )
                 if rows:
                     self._send(rows, chains)
                     cursor = rows[-1].id
@@ -138,7 +139,6 @@ class OutboxDispatcher(Worker):
             if isinstance(result, BaseException):
                 raise result
         await self.transport.barrier()
-        async with self.db.transaction() as tx:
-            await outbox.delete(tx, ids)
+        await self.db.write(lambda tx: outbox.delete(tx, ids))
         self.delivered += len(ids)
         log.debug("outbox: delivered %d row(s)", len(ids))

@@ -13,8 +13,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import aiosqlite
-
 from component.actions import write_outbox
 from component.clock import Clock, iso_ms
 from component.commands import ShareAnswer, ShareDevice
@@ -51,7 +49,7 @@ from component.notifications import (
     sharing_messages,
 )
 from component.subscriptions import XMPP_EVENT, open_subscription
-from storage import Database, accounts, shares, users
+from storage import Conn, Database, accounts, shares, users
 from storage import mail as mail_outbox
 from storage import subscriptions as subs
 
@@ -92,7 +90,8 @@ class DeviceSharing:
         mode = ShareMode(cmd.mode)
         if mode is ShareMode.EMAIL and not self.settings.email_enabled:
             raise BadRequest("e-mail sharing is not configured on this server ([smtp] host)", "mode", "enum")
-        async with self.db.transaction() as tx:
+
+        async def invite(tx: Conn) -> tuple[DeviceShare, Device, User | None, str | None]:
             device = await self._managed_device(tx, cmd.caller, cmd.device_id)
             to_user, to_email = await self._invitee(tx, cmd, mode, now)
             if to_user is not None and to_user.id == cmd.caller.id:
@@ -124,6 +123,9 @@ class DeviceSharing:
                     self.settings.component_jid,
                 )
                 await mail_outbox.add(tx, mail.recipient, mail.subject, mail.body, now)
+            return share, device, to_user, to_email
+
+        share, device, to_user, to_email = await self.db.write(invite)
         log.info(
             "device share %s… created: %s shares device %s by %s with %s",
             share.invite_code[:6], cmd.caller.jid, device.id, mode.value,
@@ -134,7 +136,7 @@ class DeviceSharing:
             self.on_mail()
         return share
 
-    async def _managed_device(self, tx: aiosqlite.Connection, caller: User, device_id: str) -> Device:
+    async def _managed_device(self, tx: Conn, caller: User, device_id: str) -> Device:
         """The device, if the caller manages it; 4041008 otherwise (no oracle)."""
         try:
             device = await accounts.device_by_id(tx, parse_device_id(device_id))
@@ -145,7 +147,7 @@ class DeviceSharing:
         return device
 
     async def _invitee(
-        self, tx: aiosqlite.Connection, cmd: ShareDevice, mode: ShareMode, now: int
+        self, tx: Conn, cmd: ShareDevice, mode: ShareMode, now: int
     ) -> tuple[User | None, str | None]:
         if mode is ShareMode.QRCODE:
             return None, None
@@ -176,8 +178,8 @@ class DeviceSharing:
 
     async def _answer(self, cmd: ShareAnswer, outcome: ShareState) -> DeviceShare:
         now = self.clock.now_ms()
-        refusal: DomainError | None = None
-        async with self.db.transaction() as tx:
+
+        async def answer(tx: Conn) -> tuple[DeviceShare, DeviceShare | DomainError]:
             share = await self._get(tx, InviteCode(cmd.invite_code))
             if share.to_user is not None:
                 if share.to_user.id != cmd.caller.id:
@@ -190,21 +192,25 @@ class DeviceSharing:
                 raise BadRequest("the manager cannot answer its own share", "invite_code", "self")
             device = await accounts.device_by_id(tx, share.device_id)
             refusal = await self._usable(tx, share, device, now)
-            if refusal is None:
-                assert device is not None
-                done = replace(share, state=outcome, to_user=share.to_user or cmd.caller,
-                               reason=cmd.reason, updated_at=now)
-                if not await shares.update_state(
-                    tx, share.invite_code, ShareState.PENDING, outcome, now, cmd.caller.id, cmd.reason
-                ):
-                    raise ShareNotUsable("the share changed meanwhile")
-                notes = sharing_messages(done, "update")
-                if outcome is ShareState.ACCEPT:
-                    notes += await self._grant(tx, done, device, now)
-                await write_outbox(tx, notes, now)
-        if refusal is not None:  # raised after the commit that recorded overtime/invalid
+            if refusal is not None:
+                return share, refusal
+            assert device is not None
+            done = replace(share, state=outcome, to_user=share.to_user or cmd.caller,
+                           reason=cmd.reason, updated_at=now)
+            if not await shares.update_state(
+                tx, share.invite_code, ShareState.PENDING, outcome, now, cmd.caller.id, cmd.reason
+            ):
+                raise ShareNotUsable("the share changed meanwhile")
+            notes = sharing_messages(done, "update")
+            if outcome is ShareState.ACCEPT:
+                notes += await self._grant(tx, done, device, now)
+            await write_outbox(tx, notes, now)
+            return share, done
+
+        share, done = await self.db.write(answer)
+        if isinstance(done, DomainError):  # raised after the commit that recorded overtime/invalid
             self.on_commit()
-            raise refusal
+            raise done
         log.info(
             "device share %s… %s by %s (device %s)",
             share.invite_code[:6], outcome.value, cmd.caller.jid, share.device_id,
@@ -215,8 +221,8 @@ class DeviceSharing:
     async def cancel(self, cmd: ShareAnswer) -> DeviceShare:
         """The manager withdraws a pending share, or revokes an accepted one."""
         now = self.clock.now_ms()
-        refusal: DomainError | None = None
-        async with self.db.transaction() as tx:
+
+        async def cancel(tx: Conn) -> tuple[DeviceShare, ShareState, DeviceShare | DomainError]:
             share = await self._get(tx, InviteCode(cmd.invite_code))
             if share.from_user.id != cmd.caller.id:
                 raise ShareNotFound("share not found")
@@ -224,22 +230,24 @@ class DeviceSharing:
             if state is ShareState.CANCEL:
                 raise AlreadyCanceled("the share is already canceled")
             if state is ShareState.OVERTIME and share.state is ShareState.PENDING:
-                refusal = await self._expire(tx, share, now)
-            elif state not in (ShareState.PENDING, ShareState.ACCEPT):
+                return share, state, await self._expire(tx, share, now)
+            if state not in (ShareState.PENDING, ShareState.ACCEPT):
                 raise ShareNotUsable(f"the share is {state.value}")
-            else:
-                done = replace(share, state=ShareState.CANCEL, reason=cmd.reason, updated_at=now)
-                if not await shares.update_state(
-                    tx, share.invite_code, state, ShareState.CANCEL, now, None, cmd.reason
-                ):
-                    raise ShareNotUsable("the share changed meanwhile")
-                notes = sharing_messages(done, "update")
-                if state is ShareState.ACCEPT:
-                    notes += await self._revoke(tx, done, now)
-                await write_outbox(tx, notes, now)
-        if refusal is not None:
+            done = replace(share, state=ShareState.CANCEL, reason=cmd.reason, updated_at=now)
+            if not await shares.update_state(
+                tx, share.invite_code, state, ShareState.CANCEL, now, None, cmd.reason
+            ):
+                raise ShareNotUsable("the share changed meanwhile")
+            notes = sharing_messages(done, "update")
+            if state is ShareState.ACCEPT:
+                notes += await self._revoke(tx, done, now)
+            await write_outbox(tx, notes, now)
+            return share, state, done
+
+        share, state, done = await self.db.write(cancel)
+        if isinstance(done, DomainError):  # raised after the commit that recorded overtime
             self.on_commit()
-            raise refusal
+            raise done
         log.info(
             "device share %s… canceled by %s%s", share.invite_code[:6], cmd.caller.jid,
             " (access revoked)" if state is ShareState.ACCEPT else "",
@@ -248,7 +256,7 @@ class DeviceSharing:
         return done
 
     async def _usable(
-        self, tx: aiosqlite.Connection, share: DeviceShare, device: Device | None, now: int
+        self, tx: Conn, share: DeviceShare, device: Device | None, now: int
     ) -> DomainError | None:
         """Why the share cannot be answered (recording overtime/invalid), or None."""
         state = share.effective_state(now)
@@ -263,13 +271,13 @@ class DeviceSharing:
             return ShareNotUsable("the share is no longer valid: the device changed")
         return None
 
-    async def _expire(self, tx: aiosqlite.Connection, share: DeviceShare, now: int) -> DomainError:
+    async def _expire(self, tx: Conn, share: DeviceShare, now: int) -> DomainError:
         await shares.update_state(tx, share.invite_code, ShareState.PENDING, ShareState.OVERTIME, now)
         await write_outbox(tx, sharing_messages(share, "update", ShareState.OVERTIME.value), now)
         return ShareNotUsable("the share has expired")
 
     async def _grant(
-        self, tx: aiosqlite.Connection, share: DeviceShare, device: Device, now: int
+        self, tx: Conn, share: DeviceShare, device: Device, now: int
     ) -> list[Notification]:
         """The accepted user gets the device's presence: roster item, subscription, state."""
         assert share.to_user is not None
@@ -282,7 +290,7 @@ class DeviceSharing:
         ext_jid = f"{device.extension}@{self.settings.component_jid}"
         return [roster_item(user.jid, ext_jid, "to", device.name), state_note]
 
-    async def _revoke(self, tx: aiosqlite.Connection, share: DeviceShare, now: int) -> list[Notification]:
+    async def _revoke(self, tx: Conn, share: DeviceShare, now: int) -> list[Notification]:
         """Undo `_grant`: the roster item and the subscription go, presence ends."""
         assert share.to_user is not None
         device = await accounts.device_by_id(tx, share.device_id)
@@ -305,26 +313,24 @@ class DeviceSharing:
     async def list(self, caller: User) -> list[DeviceShare]:
         """Shares the caller sent or received, newest first, expiry applied."""
         now = self.clock.now_ms()
-        async with self.db.read() as conn:
-            found = await shares.visible_to(conn, caller.id, self.settings.list_limit)
+        limit = self.settings.list_limit
+        found = await self.db.read(lambda conn: shares.visible_to(conn, caller.id, limit))
         return [replace(s, state=s.effective_state(now)) for s in found]
 
     async def delete(self, caller: User, invite_code: InviteCode) -> None:
         """Remove the share from the caller's own history; the other party still sees it."""
-        async with self.db.transaction() as tx:
-            if not await shares.hide_for(tx, invite_code, caller.id):
-                raise ShareNotFound("share not found")
+        if not await self.db.write(lambda tx: shares.hide_for(tx, invite_code, caller.id)):
+            raise ShareNotFound("share not found")
         log.info("device share %s… deleted from %s's history", invite_code[:6], caller.jid)
 
     async def invite_for_qr(self, caller: User, invite_code: InviteCode) -> DeviceShare:
         """The share whose code the manager wants as a QR image (the manager only)."""
-        async with self.db.read() as conn:
-            share = await shares.get(conn, invite_code)
+        share = await self.db.read(lambda conn: shares.get(conn, invite_code))
         if share is None or share.from_user.id != caller.id:
             raise ShareNotFound("share not found")
         return share
 
-    async def _get(self, tx: aiosqlite.Connection, invite_code: InviteCode) -> DeviceShare:
+    async def _get(self, tx: Conn, invite_code: InviteCode) -> DeviceShare:
         share = await shares.get(tx, invite_code)
         if share is None:
             raise ShareNotFound("share not found")
@@ -337,10 +343,14 @@ class DeviceSharing:
         total = 0
         while True:
             now = self.clock.now_ms()
-            async with self.db.transaction() as tx:
+
+            async def expire(tx: Conn, now: int = now) -> list[DeviceShare]:
                 expired = await shares.expired_pending(tx, now, batch)
                 for share in expired:
                     await self._expire(tx, share, now)
+                return expired
+
+            expired = await self.db.write(expire)
             total += len(expired)
             if expired:
                 self.on_commit()

@@ -36,8 +36,7 @@ class MailDispatcher(Worker):
         while True:
             try:
                 await self.send_due()
-                async with self.db.read() as conn:
-                    next_at = await mail_outbox.next_due_at(conn)
+                next_at = await self.db.read(mail_outbox.next_due_at)
             except Exception:
                 log.exception("mail: dispatcher failed; retrying in 30 s")
                 next_at = self.clock.now_ms() + 30_000
@@ -49,8 +48,8 @@ class MailDispatcher(Worker):
                 pass
 
     async def send_due(self) -> None:
-        async with self.db.read() as conn:
-            due = await mail_outbox.due(conn, self.clock.now_ms(), 50)
+        now = self.clock.now_ms()
+        due = await self.db.read(lambda conn: mail_outbox.due(conn, now, 50))
         for mail in due:
             message = EmailMessage()
             message["From"] = self.smtp.sender
@@ -71,22 +70,21 @@ class MailDispatcher(Worker):
             except (aiosmtplib.SMTPException, OSError) as exc:
                 await self._failed(mail.id, mail.attempts, mail.recipient, exc)
                 continue
-            async with self.db.transaction() as tx:
-                await mail_outbox.delete(tx, mail.id)
+            await self.db.write(lambda tx, mail_id=mail.id: mail_outbox.delete(tx, mail_id))
             self.sent += 1
             log.info("mail: invitation sent to %s (mail %d)", mail.recipient, mail.id)
 
     async def _failed(self, mail_id: int, attempts: int, recipient: str, exc: Exception) -> None:
-        async with self.db.transaction() as tx:
-            if attempts + 1 >= self.smtp.max_attempts:
-                await mail_outbox.delete(tx, mail_id)
-                log.error(
-                    "mail: giving up on mail %d to %s after %d attempts: %s",
-                    mail_id, recipient, attempts + 1, type(exc).__name__,
-                )
-                return
-            delay_ms = min(30_000 * 2**attempts, 3_600_000)
-            await mail_outbox.retry_later(tx, mail_id, self.clock.now_ms() + delay_ms)
+        if attempts + 1 >= self.smtp.max_attempts:
+            await self.db.write(lambda tx: mail_outbox.delete(tx, mail_id))
+            log.error(
+                "mail: giving up on mail %d to %s after %d attempts: %s",
+                mail_id, recipient, attempts + 1, type(exc).__name__,
+            )
+            return
+        delay_ms = min(30_000 * 2**attempts, 3_600_000)
+        retry_at = self.clock.now_ms() + delay_ms
+        await self.db.write(lambda tx: mail_outbox.retry_later(tx, mail_id, retry_at))
         log.warning(
             "mail: sending mail %d to %s failed (%s: %s); retry in %d s",
             mail_id, recipient, type(exc).__name__, exc, delay_ms // 1000,

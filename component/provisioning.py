@@ -17,13 +17,14 @@ from component.model import (
     AccountUser,
     Device,
     DeviceId,
+    User,
     UserId,
     jid_domain,
     new_account_id,
     parse_bare_jid,
     parse_email,
 )
-from storage import Database, accounts, users
+from storage import Conn, Database, accounts, users
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +57,25 @@ class Provisioning:
                 "enum",
             )
         account = Account(AccountId(new_account_id()), cmd.name.strip(), realm)
-        async with self.db.transaction() as tx:
+        now = self.clock.now_ms()
+
+        async def insert(tx: Conn) -> None:
             if await accounts.account_for_realm(tx, realm) is not None:
                 raise Duplicate(f"an account already has realm {realm}", "realm", "unique")
-            await accounts.insert_account(tx, account, self.clock.now_ms())
+            await accounts.insert_account(tx, account, now)
+
+        await self.db.write(insert)
         log.info("account %s created for realm %s", account.id, realm)
         return account
 
     async def list_accounts(self, caller: Principal) -> list[Account]:
-        async with self.db.read() as conn:
-            found = await accounts.list_accounts(conn)
+        found = await self.db.read(accounts.list_accounts)
         if caller.user is None:
             return found
         return [a for a in found if a.realm == jid_domain(caller.user.jid)]
 
     async def account(self, caller: Principal, account_id: AccountId) -> Account:
-        async with self.db.read() as conn:
-            found = await accounts.get_account(conn, account_id)
+        found = await self.db.read(lambda conn: accounts.get_account(conn, account_id))
         if found is None:
             raise NotFound(f"account {account_id} not found")
         check_readable(caller, found)
@@ -90,7 +93,8 @@ class Provisioning:
         presence_id = cmd.presence_id.lower() if cmd.presence_id else None
         email = parse_email(cmd.email) if cmd.email else None
         now = self.clock.now_ms()
-        async with self.db.transaction() as tx:
+
+        async def provision(tx: Conn) -> User:
             user = await users.get_or_create(tx, jid, now)
             if email and await accounts.user_by_email(tx, email) is not None:
                 raise Duplicate("another user has this e-mail address", "email", "unique")
@@ -98,18 +102,19 @@ class Provisioning:
                 tx, user.id, account.id, username, presence_id, now, email
             ):
                 raise Duplicate(f"user {username} already exists", "username", "unique")
+            return user
+
+        user = await self.db.write(provision)
         log.info("user %s (%s) provisioned in account %s", user.id, jid, account.id)
         return AccountUser(user, account.id, username, presence_id, email)
 
     async def list_users(self, caller: Principal, account_id: AccountId) -> list[AccountUser]:
         await self.account(caller, account_id)
-        async with self.db.read() as conn:
-            return await accounts.list_account_users(conn, account_id)
+        return await self.db.read(lambda conn: accounts.list_account_users(conn, account_id))
 
     async def user(self, caller: Principal, account_id: AccountId, user_id: UserId) -> AccountUser:
         await self.account(caller, account_id)
-        async with self.db.read() as conn:
-            found = await accounts.get_account_user(conn, account_id, user_id)
+        found = await self.db.read(lambda conn: accounts.get_account_user(conn, account_id, user_id))
         if found is None:
             raise NotFound(f"user {user_id} not found")
         return found
@@ -117,8 +122,7 @@ class Provisioning:
     async def delete_user(self, caller: Principal, account_id: AccountId, user_id: UserId) -> AccountUser:
         require_admin(caller)
         found = await self.user(caller, account_id, user_id)
-        async with self.db.transaction() as tx:
-            await accounts.delete_account_user(tx, account_id, user_id)
+        await self.db.write(lambda tx: accounts.delete_account_user(tx, account_id, user_id))
         log.info("user %s (%s) removed from account %s", user_id, found.user.jid, account_id)
         return found
 
@@ -137,7 +141,9 @@ class Provisioning:
             cmd.presence_id.lower() if cmd.presence_id else None,
             cmd.owner_id,
         )
-        async with self.db.transaction() as tx:
+        now = self.clock.now_ms()
+
+        async def insert(tx: Conn) -> None:
             if cmd.owner_id is not None and (
                 await accounts.get_account_user(tx, account.id, cmd.owner_id) is None
             ):
@@ -146,7 +152,9 @@ class Provisioning:
                 raise Duplicate(
                     f"a device already has SIP username {device.sip_username}", "sip.username", "unique"
                 )
-            await accounts.insert_device(tx, device, self.clock.now_ms())
+            await accounts.insert_device(tx, device, now)
+
+        await self.db.write(insert)
         log.info(
             "device %s (%s, extension %s) created in account %s",
             device.id, device.name, device.extension, account.id,
@@ -155,13 +163,11 @@ class Provisioning:
 
     async def list_devices(self, caller: Principal, account_id: AccountId) -> list[Device]:
         await self.account(caller, account_id)
-        async with self.db.read() as conn:
-            return await accounts.list_devices(conn, account_id)
+        return await self.db.read(lambda conn: accounts.list_devices(conn, account_id))
 
     async def device(self, caller: Principal, account_id: AccountId, device_id: DeviceId) -> Device:
         await self.account(caller, account_id)
-        async with self.db.read() as conn:
-            found = await accounts.get_device(conn, account_id, device_id)
+        found = await self.db.read(lambda conn: accounts.get_device(conn, account_id, device_id))
         if found is None:
             raise NotFound(f"device {device_id} not found")
         return found
@@ -169,7 +175,6 @@ class Provisioning:
     async def delete_device(self, caller: Principal, account_id: AccountId, device_id: DeviceId) -> Device:
         require_admin(caller)
         found = await self.device(caller, account_id, device_id)
-        async with self.db.transaction() as tx:
-            await accounts.delete_device(tx, account_id, device_id)
+        await self.db.write(lambda tx: accounts.delete_device(tx, account_id, device_id))
         log.info("device %s removed from account %s", device_id, account_id)
         return found

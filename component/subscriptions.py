@@ -12,8 +12,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-import aiosqlite
-
 from component.actions import write_outbox
 from component.clock import Clock
 from component.commands import Principal, StateChange
@@ -33,7 +31,7 @@ from component.model import (
 )
 from component.notifications import Notification, extension_presence
 from component.provisioning import Provisioning, require_admin
-from storage import Database, accounts
+from storage import Conn, Database, accounts
 from storage import subscriptions as subs
 
 log = logging.getLogger(__name__)
@@ -42,7 +40,7 @@ XMPP_EVENT = "presence"  # the Kazoo event name of subscriptions made over XMPP
 
 
 async def open_subscription(
-    tx: aiosqlite.Connection, realm: str, extension: str, subscriber: BareJid, now: int
+    tx: Conn, realm: str, extension: str, subscriber: BareJid, now: int
 ) -> tuple[Subscription, bool, Notification]:
     """Record (or confirm) `subscriber`'s subscription to the extension, counting the
     state notification it is owed now.
@@ -93,7 +91,8 @@ class PresenceStates:
         realm = self._realm_of(subscriber)
         extension = parse_extension(extension)
         now = self.clock.now_ms()
-        async with self.db.transaction() as tx:
+
+        async def record(tx: Conn) -> tuple[Subscription, bool]:
             found, created, state_note = await open_subscription(
                 tx, realm, extension, subscriber, now
             )
@@ -105,6 +104,9 @@ class PresenceStates:
                 ],
                 now,
             )
+            return found, created
+
+        found, created = await self.db.write(record)
         log.info(
             "subscription %s %s: %s to extension %s (realm %s)",
             found.id, "created" if created else "confirmed", subscriber, extension, realm,
@@ -117,7 +119,8 @@ class PresenceStates:
         realm = self._realm_of(subscriber)
         extension = parse_extension(extension)
         now = self.clock.now_ms()
-        async with self.db.transaction() as tx:
+
+        async def forget(tx: Conn) -> bool:
             removed = await subs.remove(tx, realm, extension, XMPP_EVENT, subscriber)
             if removed:
                 await write_outbox(
@@ -125,6 +128,9 @@ class PresenceStates:
                     [extension_presence(subscriber, extension, None, presence_type="unavailable")],
                     now,
                 )
+            return removed
+
+        removed = await self.db.write(forget)
         if removed:
             log.info("subscription removed: %s from extension %s (realm %s)", subscriber, extension, realm)
             self.on_commit()
@@ -134,10 +140,13 @@ class PresenceStates:
         """The extension's state for a subscriber's probe; None if not subscribed."""
         realm = self._realm_of(subscriber)
         extension = parse_extension(extension)
-        async with self.db.read() as conn:
+
+        async def state(conn: Conn) -> PresenceState | None:
             if await subs.find(conn, realm, extension, XMPP_EVENT, subscriber) is None:
                 return None
             return await subs.state_of(conn, realm, extension)
+
+        return await self.db.read(state)
 
     # ---- state changes -------------------------------------------------------------
 
@@ -163,8 +172,9 @@ class PresenceStates:
         if user.presence_id:
             extensions = [user.presence_id]
         else:
-            async with self.db.read() as conn:
-                owned = await accounts.devices_owned_by(conn, account_id, user_id)
+            owned = await self.db.read(
+                lambda conn: accounts.devices_owned_by(conn, account_id, user_id)
+            )
             extensions = [d.extension for d in owned]
         if not extensions:
             raise BadRequest(
@@ -174,8 +184,7 @@ class PresenceStates:
 
     async def change_by_realm(self, realm: str, extension: str, change: StateChange) -> list[str]:
         """For XMPP admins: the realm is the admin's own domain."""
-        async with self.db.read() as conn:
-            account = await accounts.account_for_realm(conn, realm)
+        account = await self.db.read(lambda conn: accounts.account_for_realm(conn, realm))
         if account is None:
             raise NotFound(f"no account has realm {realm}")
         return await self._apply(account, [parse_extension(extension)], change)
@@ -187,13 +196,17 @@ class PresenceStates:
     async def _apply(self, account: Account, extensions: list[str], change: StateChange) -> list[str]:
         state = PresenceState(change.target_state)
         now = self.clock.now_ms()
-        notified = 0
-        async with self.db.transaction() as tx:
+
+        async def apply(tx: Conn) -> int:
+            notified = 0
             for extension in dict.fromkeys(extensions):
                 await subs.set_state(tx, account.realm, extension, state, now)
                 notes = await self._notify_all(tx, account.realm, extension, state)
                 notified += len(notes)
                 await write_outbox(tx, notes, now)
+            return notified
+
+        notified = await self.db.write(apply)
         log.info(
             "presence %s: extension(s) %s of account %s -> %s (%d subscriber notification(s))",
             change.action.value, ", ".join(extensions), account.id, state.value, notified,
@@ -202,7 +215,7 @@ class PresenceStates:
         return extensions
 
     async def _notify_all(
-        self, tx: aiosqlite.Connection, realm: str, extension: str, state: PresenceState
+        self, tx: Conn, realm: str, extension: str, state: PresenceState
     ) -> list[Notification]:
         notes = []
         for subscription in await subs.for_extension(tx, realm, extension):
@@ -220,8 +233,8 @@ class PresenceStates:
         event: str | None = None,
     ) -> list[Subscription]:
         account = await self.provisioning.account(caller, account_id)
-        async with self.db.read() as conn:
-            if extension is not None:
-                found = await subs.for_extension(conn, account.realm, parse_extension(extension))
-                return [s for s in found if event is None or s.event == event]
-            return await subs.for_realm(conn, account.realm, event)
+        if extension is not None:
+            wanted = parse_extension(extension)
+            found = await self.db.read(lambda conn: subs.for_extension(conn, account.realm, wanted))
+            return [s for s in found if event is None or s.event == event]
+        return await self.db.read(lambda conn: subs.for_realm(conn, account.realm, event))

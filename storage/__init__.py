@@ -3,6 +3,7 @@
 Nothing here imports slixmpp or aiohttp.
 """
 
+from storage.conn import BodyAwaitedOutside, Conn
 from storage.db import Database, SchemaTooNew
 
-__all__ = ["Database", "SchemaTooNew"]
+__all__ = ["BodyAwaitedOutside", "Conn", "Database", "SchemaTooNew"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
 from component.model import (
     Account,
@@ -14,16 +14,17 @@ from component.model import (
     User,
     UserId,
 )
+from storage.conn import Conn
 
 
-async def insert_account(conn: aiosqlite.Connection, account: Account, now_ms: int) -> None:
+async def insert_account(conn: Conn, account: Account, now_ms: int) -> None:
     await conn.execute(
         "INSERT INTO accounts (id, name, realm, created_at) VALUES (?, ?, ?, ?)",
         (account.id, account.name, account.realm, now_ms),
     )
 
 
-async def get_account(conn: aiosqlite.Connection, account_id: AccountId) -> Account | None:
+async def get_account(conn: Conn, account_id: AccountId) -> Account | None:
     async with conn.execute(
         "SELECT id, name, realm FROM accounts WHERE id = ?", (account_id,)
     ) as cur:
@@ -31,7 +32,7 @@ async def get_account(conn: aiosqlite.Connection, account_id: AccountId) -> Acco
     return Account(AccountId(row[0]), row[1], row[2]) if row else None
 
 
-async def account_for_realm(conn: aiosqlite.Connection, realm: str) -> Account | None:
+async def account_for_realm(conn: Conn, realm: str) -> Account | None:
     async with conn.execute(
         "SELECT id, name, realm FROM accounts WHERE realm = ?", (realm,)
     ) as cur:
@@ -39,13 +40,13 @@ async def account_for_realm(conn: aiosqlite.Connection, realm: str) -> Account |
     return Account(AccountId(row[0]), row[1], row[2]) if row else None
 
 
-async def list_accounts(conn: aiosqlite.Connection) -> list[Account]:
+async def list_accounts(conn: Conn) -> list[Account]:
     async with conn.execute("SELECT id, name, realm FROM accounts ORDER BY realm") as cur:
         rows = await cur.fetchall()
     return [Account(AccountId(r[0]), r[1], r[2]) for r in rows]
 
 
-async def delete_account(conn: aiosqlite.Connection, account_id: AccountId) -> bool:
+async def delete_account(conn: Conn, account_id: AccountId) -> bool:
     cur = await conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
     return cur.rowcount == 1
 
@@ -56,14 +57,14 @@ _USER_SELECT = (
 )
 
 
-def _account_user(row: aiosqlite.Row) -> AccountUser:
+def _account_user(row: sqlite3.Row) -> AccountUser:
     return AccountUser(
         User(UserId(row[0]), BareJid(row[1])), AccountId(row[2]), row[3], row[4], row[5]
     )
 
 
 async def upsert_account_user(
-    conn: aiosqlite.Connection,
+    conn: Conn,
     user_id: UserId,
     account_id: AccountId,
     username: str,
@@ -80,7 +81,7 @@ async def upsert_account_user(
     return cur.rowcount == 1
 
 
-async def user_by_email(conn: aiosqlite.Connection, email: str) -> User | None:
+async def user_by_email(conn: Conn, email: str) -> User | None:
     """The provisioned user with this (lowercased) e-mail address."""
     async with conn.execute(
         "SELECT u.id, u.jid FROM account_users au JOIN users u ON u.id = au.user_id"
@@ -92,7 +93,7 @@ async def user_by_email(conn: aiosqlite.Connection, email: str) -> User | None:
 
 
 async def get_account_user(
-    conn: aiosqlite.Connection, account_id: AccountId, user_id: UserId
+    conn: Conn, account_id: AccountId, user_id: UserId
 ) -> AccountUser | None:
     async with conn.execute(
         _USER_SELECT + " WHERE au.account_id = ? AND au.user_id = ?", (account_id, user_id)
@@ -101,7 +102,7 @@ async def get_account_user(
     return _account_user(row) if row else None
 
 
-async def list_account_users(conn: aiosqlite.Connection, account_id: AccountId) -> list[AccountUser]:
+async def list_account_users(conn: Conn, account_id: AccountId) -> list[AccountUser]:
     async with conn.execute(
         _USER_SELECT + " WHERE au.account_id = ? ORDER BY au.created_at, au.user_id", (account_id,)
     ) as cur:
@@ -110,7 +111,7 @@ async def list_account_users(conn: aiosqlite.Connection, account_id: AccountId) 
 
 
 async def delete_account_user(
-    conn: aiosqlite.Connection, account_id: AccountId, user_id: UserId
+    conn: Conn, account_id: AccountId, user_id: UserId
 ) -> bool:
     """Unprovision; the user (and its family 1 id and requests) stays, and the devices
     it managed are left without a manager."""
@@ -129,7 +130,7 @@ _DEVICE_SELECT = (
 )
 
 
-def _device(row: aiosqlite.Row) -> Device:
+def _device(row: sqlite3.Row) -> Device:
     return Device(
         DeviceId(row[0]),
         AccountId(row[1]),
@@ -140,7 +141,7 @@ def _device(row: aiosqlite.Row) -> Device:
     )
 
 
-async def insert_device(conn: aiosqlite.Connection, device: Device, now_ms: int) -> None:
+async def insert_device(conn: Conn, device: Device, now_ms: int) -> None:
     await conn.execute(
         "INSERT INTO devices (id, account_id, name, sip_username, presence_id, owner_id, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -157,7 +158,7 @@ async def insert_device(conn: aiosqlite.Connection, device: Device, now_ms: int)
 
 
 async def sip_username_taken(
-    conn: aiosqlite.Connection, account_id: AccountId, sip_username: str
+    conn: Conn, account_id: AccountId, sip_username: str
 ) -> bool:
     async with conn.execute(
         "SELECT 1 FROM devices WHERE account_id = ? AND sip_username = ?",
@@ -167,7 +168,7 @@ async def sip_username_taken(
 
 
 async def get_device(
-    conn: aiosqlite.Connection, account_id: AccountId, device_id: DeviceId
+    conn: Conn, account_id: AccountId, device_id: DeviceId
 ) -> Device | None:
     async with conn.execute(
         _DEVICE_SELECT + " WHERE account_id = ? AND id = ?", (account_id, device_id)
@@ -176,13 +177,13 @@ async def get_device(
     return _device(row) if row else None
 
 
-async def device_by_id(conn: aiosqlite.Connection, device_id: DeviceId) -> Device | None:
+async def device_by_id(conn: Conn, device_id: DeviceId) -> Device | None:
     async with conn.execute(_DEVICE_SELECT + " WHERE id = ?", (device_id,)) as cur:
         row = await cur.fetchone()
     return _device(row) if row else None
 
 
-async def list_devices(conn: aiosqlite.Connection, account_id: AccountId) -> list[Device]:
+async def list_devices(conn: Conn, account_id: AccountId) -> list[Device]:
     async with conn.execute(
         _DEVICE_SELECT + " WHERE account_id = ? ORDER BY created_at, id", (account_id,)
     ) as cur:
@@ -191,7 +192,7 @@ async def list_devices(conn: aiosqlite.Connection, account_id: AccountId) -> lis
 
 
 async def devices_owned_by(
-    conn: aiosqlite.Connection, account_id: AccountId, owner_id: UserId
+    conn: Conn, account_id: AccountId, owner_id: UserId
 ) -> list[Device]:
     async with conn.execute(
         _DEVICE_SELECT + " WHERE owner_id = ? AND account_id = ? ORDER BY created_at, id",
@@ -202,7 +203,7 @@ async def devices_owned_by(
 
 
 async def delete_device(
-    conn: aiosqlite.Connection, account_id: AccountId, device_id: DeviceId
+    conn: Conn, account_id: AccountId, device_id: DeviceId
 ) -> bool:
     cur = await conn.execute(
         "DELETE FROM devices WHERE account_id = ? AND id = ?", (account_id, device_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
+from storage.conn import Conn
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class Mail:
     attempts: int
 
 
-async def add(conn: aiosqlite.Connection, recipient: str, subject: str, body: str, now_ms: int) -> None:
+async def add(conn: Conn, recipient: str, subject: str, body: str, now_ms: int) -> None:
     await conn.execute(
         "INSERT INTO mail_outbox (recipient, subject, body, next_try_at, created_at)"
         " VALUES (?, ?, ?, ?, ?)",
@@ -24,7 +24,7 @@ async def add(conn: aiosqlite.Connection, recipient: str, subject: str, body: st
     )
 
 
-async def due(conn: aiosqlite.Connection, now_ms: int, limit: int) -> list[Mail]:
+async def due(conn: Conn, now_ms: int, limit: int) -> list[Mail]:
     async with conn.execute(
         "SELECT id, recipient, subject, body, attempts FROM mail_outbox"
         " WHERE next_try_at <= ? ORDER BY next_try_at, id LIMIT ?",
@@ -34,24 +34,24 @@ async def due(conn: aiosqlite.Connection, now_ms: int, limit: int) -> list[Mail]
     return [Mail(*row) for row in rows]
 
 
-async def next_due_at(conn: aiosqlite.Connection) -> int | None:
+async def next_due_at(conn: Conn) -> int | None:
     async with conn.execute("SELECT min(next_try_at) FROM mail_outbox") as cur:
         row = await cur.fetchone()
     return row[0] if row and row[0] is not None else None
 
 
-async def delete(conn: aiosqlite.Connection, mail_id: int) -> None:
+async def delete(conn: Conn, mail_id: int) -> None:
     await conn.execute("DELETE FROM mail_outbox WHERE id = ?", (mail_id,))
 
 
-async def retry_later(conn: aiosqlite.Connection, mail_id: int, next_try_at: int) -> None:
+async def retry_later(conn: Conn, mail_id: int, next_try_at: int) -> None:
     await conn.execute(
         "UPDATE mail_outbox SET attempts = attempts + 1, next_try_at = ? WHERE id = ?",
         (next_try_at, mail_id),
     )
 
 
-async def count(conn: aiosqlite.Connection) -> int:
+async def count(conn: Conn) -> int:
     async with conn.execute("SELECT count(*) FROM mail_outbox") as cur:
         row = await cur.fetchone()
     return int(row[0])

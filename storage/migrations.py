@@ -6,16 +6,15 @@ database whose version is newer than the last step here.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 
-import sqlite3
+from storage.conn import Conn
 
-import aiosqlite
-
-Upgrade = Callable[[aiosqlite.Connection], Awaitable[None]]
+Upgrade = Callable[[Conn], Awaitable[None]]
 
 
-async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
+async def _run_script(conn: Conn, script: str) -> None:
     """Run statements one by one: `executescript` would COMMIT the migration's
     transaction before starting, losing its atomicity."""
     statement = ""
@@ -28,7 +27,7 @@ async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
         raise ValueError("migration script ends with an incomplete statement")
 
 
-async def _v1_initial(conn: aiosqlite.Connection) -> None:
+async def _v1_initial(conn: Conn) -> None:
     # Times are integer milliseconds since the epoch (UTC).
     await _run_script(
         conn,
@@ -80,7 +79,7 @@ async def _v1_initial(conn: aiosqlite.Connection) -> None:
     )
 
 
-async def _v2_presence_subscriptions(conn: aiosqlite.Connection) -> None:
+async def _v2_presence_subscriptions(conn: Conn) -> None:
     """Family 2 (Kazoo): accounts, their users and devices, extension states, subscriptions."""
     await _run_script(
         conn,
@@ -142,7 +141,7 @@ async def _v2_presence_subscriptions(conn: aiosqlite.Connection) -> None:
     )
 
 
-async def _v3_device_sharing(conn: aiosqlite.Connection) -> None:
+async def _v3_device_sharing(conn: Conn) -> None:
     """Family 3 (Xlink): device shares, e-mail addresses of users, and the mail outbox."""
     await _run_script(
         conn,

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
+from storage.conn import Conn
 
 
 @dataclass(frozen=True)
@@ -18,13 +18,13 @@ class OutboxRow:
 
 
 async def add(
-    conn: aiosqlite.Connection, kind: str, recipient: str, payload: dict[str, Any], now_ms: int
+    conn: Conn, kind: str, recipient: str, payload: dict[str, Any], now_ms: int
 ) -> None:
     await add_many(conn, [(kind, recipient, payload)], now_ms)
 
 
 async def add_many(
-    conn: aiosqlite.Connection, rows: list[tuple[str, str, dict[str, Any]]], now_ms: int
+    conn: Conn, rows: list[tuple[str, str, dict[str, Any]]], now_ms: int
 ) -> None:
     """Several rows in one call (one trip to SQLite's thread), in order."""
     if rows:
@@ -37,7 +37,7 @@ async def add_many(
         )
 
 
-async def next_batch(conn: aiosqlite.Connection, after_id: int, limit: int) -> list[OutboxRow]:
+async def next_batch(conn: Conn, after_id: int, limit: int) -> list[OutboxRow]:
     """The oldest rows after `after_id`, in commit order."""
     async with conn.execute(
         "SELECT id, kind, recipient, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
@@ -47,12 +47,12 @@ async def next_batch(conn: aiosqlite.Connection, after_id: int, limit: int) -> l
     return [OutboxRow(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
 
-async def delete(conn: aiosqlite.Connection, ids: list[int]) -> None:
+async def delete(conn: Conn, ids: list[int]) -> None:
     if ids:
         await conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
 
-async def count(conn: aiosqlite.Connection) -> int:
+async def count(conn: Conn) -> int:
     async with conn.execute("SELECT count(*) FROM outbox") as cur:
         row = await cur.fetchone()
     return int(row[0]) if row else 0

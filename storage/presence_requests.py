@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Collection
 
-import aiosqlite
-
 from component.model import (
+    STORED_STATUSES,
     BareJid,
     PresenceRequest,
     RequestId,
     RequestStatus,
-    STORED_STATUSES,
     User,
     UserId,
 )
+from storage.conn import Conn
 
 _SELECT = (
     "SELECT r.id, r.from_user_id, fu.jid, r.to_user_id, tu.jid, r.status,"
@@ -25,7 +25,7 @@ _SELECT = (
 )
 
 
-def _from_row(row: aiosqlite.Row) -> PresenceRequest:
+def _from_row(row: sqlite3.Row) -> PresenceRequest:
     return PresenceRequest(
         id=RequestId(row[0]),
         from_user=User(UserId(row[1]), BareJid(row[2])),
@@ -36,7 +36,7 @@ def _from_row(row: aiosqlite.Row) -> PresenceRequest:
     )
 
 
-async def insert(conn: aiosqlite.Connection, request: PresenceRequest) -> None:
+async def insert(conn: Conn, request: PresenceRequest) -> None:
     await conn.execute(
         "INSERT INTO presence_requests"
         " (id, from_user_id, to_user_id, status, request_date, acceptation_date)"
@@ -52,13 +52,13 @@ async def insert(conn: aiosqlite.Connection, request: PresenceRequest) -> None:
     )
 
 
-async def get(conn: aiosqlite.Connection, request_id: RequestId) -> PresenceRequest | None:
+async def get(conn: Conn, request_id: RequestId) -> PresenceRequest | None:
     async with conn.execute(_SELECT + " WHERE r.id = ?", (request_id,)) as cur:
         row = await cur.fetchone()
     return _from_row(row) if row else None
 
 
-async def link_exists(conn: aiosqlite.Connection, from_id: UserId, to_id: UserId) -> bool:
+async def link_exists(conn: Conn, from_id: UserId, to_id: UserId) -> bool:
     """Whether a live (pending or accepted) request links the pair in that direction."""
     async with conn.execute(
         "SELECT 1 FROM presence_requests WHERE from_user_id = ? AND to_user_id = ?",
@@ -67,7 +67,7 @@ async def link_exists(conn: aiosqlite.Connection, from_id: UserId, to_id: UserId
         return await cur.fetchone() is not None
 
 
-async def is_accepted(conn: aiosqlite.Connection, from_id: UserId, to_id: UserId) -> bool:
+async def is_accepted(conn: Conn, from_id: UserId, to_id: UserId) -> bool:
     async with conn.execute(
         "SELECT 1 FROM presence_requests"
         " WHERE from_user_id = ? AND to_user_id = ? AND status = 'accepted'",
@@ -76,7 +76,7 @@ async def is_accepted(conn: aiosqlite.Connection, from_id: UserId, to_id: UserId
         return await cur.fetchone() is not None
 
 
-async def mark_accepted(conn: aiosqlite.Connection, request_id: RequestId, now_ms: int) -> bool:
+async def mark_accepted(conn: Conn, request_id: RequestId, now_ms: int) -> bool:
     """pending -> accepted; False when the request is gone or no longer pending."""
     cur = await conn.execute(
         "UPDATE presence_requests SET status = 'accepted', acceptation_date = ?"
@@ -87,7 +87,7 @@ async def mark_accepted(conn: aiosqlite.Connection, request_id: RequestId, now_m
 
 
 async def delete_in_status(
-    conn: aiosqlite.Connection, request_id: RequestId, status: RequestStatus
+    conn: Conn, request_id: RequestId, status: RequestStatus
 ) -> bool:
     """Delete the request if it is still in `status`; False otherwise."""
     cur = await conn.execute(
@@ -96,7 +96,7 @@ async def delete_in_status(
     return cur.rowcount == 1
 
 
-async def count_pending_sent(conn: aiosqlite.Connection, user_id: UserId) -> int:
+async def count_pending_sent(conn: Conn, user_id: UserId) -> int:
     async with conn.execute(
         "SELECT count(*) FROM presence_requests WHERE from_user_id = ? AND status = 'pending'",
         (user_id,),
@@ -106,7 +106,7 @@ async def count_pending_sent(conn: aiosqlite.Connection, user_id: UserId) -> int
 
 
 async def list_for(
-    conn: aiosqlite.Connection,
+    conn: Conn,
     user_id: UserId,
     box: str,
     statuses: Collection[RequestStatus],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
 from component.model import (
     BareJid,
@@ -14,6 +14,7 @@ from component.model import (
     User,
     UserId,
 )
+from storage.conn import Conn
 
 _SELECT = (
     "SELECT s.invite_code, s.device_id, s.from_user_id, fu.jid, s.to_user_id, tu.jid,"
@@ -25,7 +26,7 @@ _SELECT = (
 )
 
 
-def _share(row: aiosqlite.Row) -> DeviceShare:
+def _share(row: sqlite3.Row) -> DeviceShare:
     return DeviceShare(
         invite_code=InviteCode(row[0]),
         device_id=DeviceId(row[1]),
@@ -42,7 +43,7 @@ def _share(row: aiosqlite.Row) -> DeviceShare:
     )
 
 
-async def insert(conn: aiosqlite.Connection, share: DeviceShare) -> None:
+async def insert(conn: Conn, share: DeviceShare) -> None:
     await conn.execute(
         "INSERT INTO device_shares (invite_code, device_id, from_user_id, to_user_id, to_email,"
         " mode, authority, state, create_date, expire_date, reason, updated_at)"
@@ -64,14 +65,14 @@ async def insert(conn: aiosqlite.Connection, share: DeviceShare) -> None:
     )
 
 
-async def get(conn: aiosqlite.Connection, invite_code: InviteCode) -> DeviceShare | None:
+async def get(conn: Conn, invite_code: InviteCode) -> DeviceShare | None:
     async with conn.execute(_SELECT + " WHERE s.invite_code = ?", (invite_code,)) as cur:
         row = await cur.fetchone()
     return _share(row) if row else None
 
 
 async def update_state(
-    conn: aiosqlite.Connection,
+    conn: Conn,
     invite_code: InviteCode,
     expected: ShareState,
     state: ShareState,
@@ -89,7 +90,7 @@ async def update_state(
     return cur.rowcount == 1
 
 
-async def hide_for(conn: aiosqlite.Connection, invite_code: InviteCode, user_id: UserId) -> bool:
+async def hide_for(conn: Conn, invite_code: InviteCode, user_id: UserId) -> bool:
     """Hide the share from `user_id`'s own history (the other party still sees it)."""
     cur = await conn.execute(
         "UPDATE device_shares SET"
@@ -101,7 +102,7 @@ async def hide_for(conn: aiosqlite.Connection, invite_code: InviteCode, user_id:
     return cur.rowcount == 1
 
 
-async def visible_to(conn: aiosqlite.Connection, user_id: UserId, limit: int) -> list[DeviceShare]:
+async def visible_to(conn: Conn, user_id: UserId, limit: int) -> list[DeviceShare]:
     """Shares the user sent or received and has not deleted from its history, newest first."""
     async with conn.execute(
         "SELECT * FROM ("
@@ -118,7 +119,7 @@ async def visible_to(conn: aiosqlite.Connection, user_id: UserId, limit: int) ->
 
 
 async def count_pending_for_device(
-    conn: aiosqlite.Connection, device_id: DeviceId, now_ms: int
+    conn: Conn, device_id: DeviceId, now_ms: int
 ) -> int:
     """Pending shares of the device that have not expired yet (swept or not)."""
     async with conn.execute(
@@ -130,7 +131,7 @@ async def count_pending_for_device(
     return int(row[0])
 
 
-async def expired_pending(conn: aiosqlite.Connection, now_ms: int, limit: int) -> list[DeviceShare]:
+async def expired_pending(conn: Conn, now_ms: int, limit: int) -> list[DeviceShare]:
     async with conn.execute(
         _SELECT + " WHERE s.state = 'pending' AND s.expire_date <= ? ORDER BY s.expire_date LIMIT ?",
         (now_ms, limit),
@@ -139,7 +140,7 @@ async def expired_pending(conn: aiosqlite.Connection, now_ms: int, limit: int) -
     return [_share(r) for r in rows]
 
 
-async def count_accepted(conn: aiosqlite.Connection, device_id: DeviceId, user_id: UserId) -> int:
+async def count_accepted(conn: Conn, device_id: DeviceId, user_id: UserId) -> int:
     """Accepted shares of the device to the user (each one grants the same access)."""
     async with conn.execute(
         "SELECT count(*) FROM device_shares WHERE device_id = ? AND to_user_id = ? AND state = 'accept'",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
 from component.model import BareJid, PresenceState, Subscription, SubscriptionId
+from storage.conn import Conn
 
 _SELECT = (
     "SELECT id, realm, extension, event, subscriber, created_at, notify_sequence,"
@@ -12,7 +13,7 @@ _SELECT = (
 )
 
 
-def _subscription(row: aiosqlite.Row) -> Subscription:
+def _subscription(row: sqlite3.Row) -> Subscription:
     return Subscription(
         SubscriptionId(row[0]),
         row[1],
@@ -26,7 +27,7 @@ def _subscription(row: aiosqlite.Row) -> Subscription:
     )
 
 
-async def state_of(conn: aiosqlite.Connection, realm: str, extension: str) -> PresenceState:
+async def state_of(conn: Conn, realm: str, extension: str) -> PresenceState:
     async with conn.execute(
         "SELECT state FROM extension_states WHERE realm = ? AND extension = ?", (realm, extension)
     ) as cur:
@@ -35,7 +36,7 @@ async def state_of(conn: aiosqlite.Connection, realm: str, extension: str) -> Pr
 
 
 async def set_state(
-    conn: aiosqlite.Connection, realm: str, extension: str, state: PresenceState, now_ms: int
+    conn: Conn, realm: str, extension: str, state: PresenceState, now_ms: int
 ) -> None:
     await conn.execute(
         "INSERT INTO extension_states (realm, extension, state, updated_at) VALUES (?, ?, ?, ?)"
@@ -45,7 +46,7 @@ async def set_state(
     )
 
 
-async def add(conn: aiosqlite.Connection, subscription: Subscription) -> bool:
+async def add(conn: Conn, subscription: Subscription) -> bool:
     """Record the subscription; False if the subscriber already had it (kept as is)."""
     cur = await conn.execute(
         "INSERT INTO subscriptions (id, realm, extension, event, subscriber, created_at,"
@@ -67,7 +68,7 @@ async def add(conn: aiosqlite.Connection, subscription: Subscription) -> bool:
 
 
 async def find(
-    conn: aiosqlite.Connection, realm: str, extension: str, event: str, subscriber: BareJid
+    conn: Conn, realm: str, extension: str, event: str, subscriber: BareJid
 ) -> Subscription | None:
     async with conn.execute(
         _SELECT + " WHERE realm = ? AND extension = ? AND event = ? AND subscriber = ?",
@@ -78,7 +79,7 @@ async def find(
 
 
 async def remove(
-    conn: aiosqlite.Connection, realm: str, extension: str, event: str, subscriber: BareJid
+    conn: Conn, realm: str, extension: str, event: str, subscriber: BareJid
 ) -> bool:
     cur = await conn.execute(
         "DELETE FROM subscriptions WHERE realm = ? AND extension = ? AND event = ? AND subscriber = ?",
@@ -88,7 +89,7 @@ async def remove(
 
 
 async def for_extension(
-    conn: aiosqlite.Connection, realm: str, extension: str
+    conn: Conn, realm: str, extension: str
 ) -> list[Subscription]:
     async with conn.execute(
         _SELECT + " WHERE realm = ? AND extension = ? ORDER BY event, subscriber",
@@ -99,7 +100,7 @@ async def for_extension(
 
 
 async def for_realm(
-    conn: aiosqlite.Connection, realm: str, event: str | None = None
+    conn: Conn, realm: str, event: str | None = None
 ) -> list[Subscription]:
     if event is None:
         sql, params = _SELECT + " WHERE realm = ? ORDER BY extension, event, subscriber", (realm,)
@@ -112,7 +113,7 @@ async def for_realm(
 
 
 async def record_notification(
-    conn: aiosqlite.Connection, subscription_id: SubscriptionId, body: str
+    conn: Conn, subscription_id: SubscriptionId, body: str
 ) -> int:
     """Count one more notification sent to the subscriber; returns the new sequence."""
     async with conn.execute(

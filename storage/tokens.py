@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import aiosqlite
-
 from component.model import BareJid, User, UserId
+from storage.conn import Conn
 
 
 async def insert(
-    conn: aiosqlite.Connection, token_hash: bytes, user_id: UserId, now_ms: int, expires_ms: int
+    conn: Conn, token_hash: bytes, user_id: UserId, now_ms: int, expires_ms: int
 ) -> None:
     await conn.execute(
         "INSERT INTO tokens (hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
@@ -16,7 +15,7 @@ async def insert(
     )
 
 
-async def user_for(conn: aiosqlite.Connection, token_hash: bytes, now_ms: int) -> User | None:
+async def user_for(conn: Conn, token_hash: bytes, now_ms: int) -> User | None:
     """The token's user, or None when the token is unknown or expired."""
     async with conn.execute(
         "SELECT u.id, u.jid FROM tokens t JOIN users u ON u.id = t.user_id"
@@ -27,11 +26,11 @@ async def user_for(conn: aiosqlite.Connection, token_hash: bytes, now_ms: int) -
     return User(UserId(row[0]), BareJid(row[1])) if row else None
 
 
-async def delete(conn: aiosqlite.Connection, token_hash: bytes) -> bool:
+async def delete(conn: Conn, token_hash: bytes) -> bool:
     cur = await conn.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,))
     return cur.rowcount > 0
 
 
-async def purge_expired(conn: aiosqlite.Connection, now_ms: int) -> int:
+async def purge_expired(conn: Conn, now_ms: int) -> int:
     cur = await conn.execute("DELETE FROM tokens WHERE expires_at <= ?", (now_ms,))
     return cur.rowcount

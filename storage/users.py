@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import aiosqlite
-
 from component.model import BareJid, User, UserId, new_object_id
+from storage.conn import Conn
 
 
-async def get_or_create(conn: aiosqlite.Connection, jid: BareJid, now_ms: int) -> User:
+async def get_or_create(conn: Conn, jid: BareJid, now_ms: int) -> User:
     """Return the user for `jid`, creating it (inside the caller's transaction) if new."""
     await conn.execute(
         "INSERT INTO users (id, jid, created_at) VALUES (?, ?, ?) ON CONFLICT (jid) DO NOTHING",
@@ -18,13 +17,13 @@ async def get_or_create(conn: aiosqlite.Connection, jid: BareJid, now_ms: int) -
     return user
 
 
-async def by_jid(conn: aiosqlite.Connection, jid: BareJid) -> User | None:
+async def by_jid(conn: Conn, jid: BareJid) -> User | None:
     async with conn.execute("SELECT id, jid FROM users WHERE jid = ?", (jid,)) as cur:
         row = await cur.fetchone()
     return User(UserId(row[0]), BareJid(row[1])) if row else None
 
 
-async def by_id(conn: aiosqlite.Connection, user_id: UserId) -> User | None:
+async def by_id(conn: Conn, user_id: UserId) -> User | None:
     async with conn.execute("SELECT id, jid FROM users WHERE id = ?", (user_id,)) as cur:
         row = await cur.fetchone()
     return User(UserId(row[0]), BareJid(row[1])) if row else None

@@ -32,8 +32,7 @@ pytestmark = pytest.mark.e2e
 
 async def outbox_rows(running: RunningService) -> int:
     """Committed notifications the service has not yet handed to the server."""
-    async with running.db.read() as conn:
-        return await outbox.count(conn)
+    return await running.db.read(outbox.count)
 
 
 # ---- Prosody stopped and started under a running service -------------------------------------

@@ -29,6 +29,7 @@ import pytest
 from slixmpp.xmlstream import ET
 
 from local_prosody import LocalProsody
+from storage import Conn
 from tests.e2e.conftest import (
     ADMIN_TOKEN,
     COMPONENT,
@@ -465,9 +466,11 @@ async def test_kazoo_errors_in_kazoo_envelope(api: RestApi, service: RunningServ
         assert_kazoo_error(status, body, 404, "bad identifier", token=ADMIN_TOKEN)
 
     # None of the refused writes left a state behind.
-    async with service.db.read() as conn:
+    async def extension_states(conn: Conn) -> int:
         async with conn.execute("SELECT count(*) FROM extension_states") as cur:
-            assert (await cur.fetchone())[0] == 0
+            return (await cur.fetchone())[0]
+
+    assert await service.db.read(extension_states) == 0
 
 
 # ---- a SIGKILLed service keeps subscriptions and state --------------------------------------

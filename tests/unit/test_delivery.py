@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from component.delivery import OutboxDispatcher, TransportGone
-from storage import Database, outbox
+from storage import Conn, Database, outbox
 from storage.outbox import OutboxRow
 
 
@@ -62,9 +62,11 @@ ROWS = [
 
 @pytest.fixture
 async def stored(db: Database) -> list[OutboxRow]:
-    async with db.transaction() as tx:
+    async def add_rows(tx: Conn) -> None:
         for kind, recipient, payload in ROWS:
             await outbox.add(tx, kind, recipient, payload, 0)
+
+    await db.write(add_rows)
     return await outbox.next_batch(db.reader, 0, 100)
 
 
@@ -138,8 +140,7 @@ async def test_roster_rows_are_dropped_without_the_roster_privilege(
 
 
 async def test_rows_of_an_unknown_kind_are_dropped(db: Database) -> None:
-    async with db.transaction() as tx:
-        await outbox.add(tx, "carrier-pigeon", "alice@example.test", {}, 0)
+    await db.write(lambda tx: outbox.add(tx, "carrier-pigeon", "alice@example.test", {}, 0))
     transport = FakeTransport(db)
     await OutboxDispatcher(db, transport).drain()
     assert transport.log == [("barrier", 1)]

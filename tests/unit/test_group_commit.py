@@ -1,58 +1,69 @@
-"""Group commit in Database.transaction(): concurrent transactions share one COMMIT,
-each member is durable (visible to the reader) when its block exits, and a failing
-member rolls back only itself."""
+"""Database.write()/read(): bodies run in batches on SQLite's thread.
+
+Concurrent writes share one COMMIT, each caller is answered only once its body is
+durable (visible to the reader, another connection), a failing body rolls back only
+itself, and a body that awaits anything but its connection is refused.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from storage import Database
+from storage import BodyAwaitedOutside, Conn, Database
 
 
 @pytest.fixture
 async def db(tmp_path: Path):
     database = Database(tmp_path / "group.sqlite3")
     await database.open()
-    async with database.transaction() as tx:
-        await tx.execute("CREATE TABLE items (n INTEGER PRIMARY KEY)")
+    await database.write(lambda tx: tx.execute("CREATE TABLE items (n INTEGER PRIMARY KEY)"))
     yield database
     await database.close()
 
 
 async def rows(db: Database) -> set[int]:
-    async with db.read() as conn, conn.execute("SELECT n FROM items") as cur:
-        return {r[0] for r in await cur.fetchall()}
+    async def select(conn: Conn) -> set[int]:
+        async with conn.execute("SELECT n FROM items") as cur:
+            return {r[0] for r in await cur.fetchall()}
+
+    return await db.read(select)
 
 
 async def insert(db: Database, n: int, fail: bool = False) -> int:
-    async with db.transaction() as tx:
+    async def body(tx: Conn) -> int:
         await tx.execute("INSERT INTO items (n) VALUES (?)", (n,))
         if fail:
             raise ValueError(n)
+        return n
+
+    result = await db.write(body)
     # Acknowledged means committed: the reader (another connection) sees it now.
     assert n in await rows(db)
-    return n
+    return result
 
 
-async def test_concurrent_transactions_are_all_committed_in_fewer_commits(db: Database) -> None:
-    commits = 0
-    execute = db._writer.execute  # type: ignore[union-attr]
+async def commits_of(db: Database) -> list[int]:
+    """Count COMMITs on the writer's own sqlite3 connection (a trace callback on its thread)."""
+    seen: list[int] = []
+    raw = await db._writer._execute(lambda: db._writer._conn)  # type: ignore[union-attr]
+    await db._writer._execute(  # type: ignore[union-attr]
+        raw.set_trace_callback, lambda sql: seen.append(1) if sql == "COMMIT" else None
+    )
+    return seen
 
-    async def counting(sql, *args):
-        nonlocal commits
-        commits += sql == "COMMIT"
-        return await execute(sql, *args)
 
-    db._writer.execute = counting  # type: ignore[method-assign,union-attr]
+async def test_concurrent_writes_are_all_committed_in_fewer_commits(db: Database) -> None:
+    commits = await commits_of(db)
     assert await asyncio.gather(*(insert(db, n) for n in range(50))) == list(range(50))
     assert await rows(db) == set(range(50))
-    assert 1 <= commits < 50
+    assert 1 <= len(commits) < 50
 
 
-async def test_a_failing_member_rolls_back_only_itself(db: Database) -> None:
+async def test_a_failing_body_rolls_back_only_itself(db: Database) -> None:
     results = await asyncio.gather(
         *(insert(db, n, fail=n % 3 == 0) for n in range(30)), return_exceptions=True
     )
@@ -61,34 +72,54 @@ async def test_a_failing_member_rolls_back_only_itself(db: Database) -> None:
     assert await rows(db) == {n for n in range(30) if n % 3}
 
 
-async def test_the_first_member_failing_alone_leaves_nothing_and_the_next_works(db: Database) -> None:
+async def test_a_body_failing_alone_leaves_nothing_and_the_next_works(db: Database) -> None:
     with pytest.raises(ValueError):
         await insert(db, 1, fail=True)
     assert await insert(db, 2) == 2
     assert await rows(db) == {2}
 
 
-async def test_a_cancelled_waiter_does_not_leave_the_group_open(db: Database) -> None:
-    inside = asyncio.Event()
-    release = asyncio.Event()
+async def test_a_constraint_error_is_the_callers_and_the_batch_goes_on(db: Database) -> None:
+    await insert(db, 7)
+    results = await asyncio.gather(insert(db, 7), insert(db, 8), return_exceptions=True)
+    assert isinstance(results[0], sqlite3.IntegrityError)
+    assert results[1] == 8
+    assert await rows(db) == {7, 8}
 
-    async def holder() -> None:
-        async with db.transaction() as tx:
-            await tx.execute("INSERT INTO items (n) VALUES (1)")
-            inside.set()
-            await release.wait()
 
-    first = asyncio.create_task(holder())
-    await inside.wait()
-    waiter = asyncio.create_task(insert(db, 2))
-    await asyncio.sleep(0)  # the waiter queues for the lock: the holder will leave the group open
-    release.set()
-    await asyncio.sleep(0)
-    waiter.cancel()
-    # The holder returns only once its row is committed, even though the waiter it
-    # left the group open for never ran.
-    await asyncio.wait_for(first, 5)
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert await rows(db) == {1}
-    assert await insert(db, 3) == 3
+async def test_a_body_awaiting_something_else_is_refused_and_rolled_back(db: Database) -> None:
+    async def sleepy(tx: Conn) -> None:
+        await tx.execute("INSERT INTO items (n) VALUES (1)")
+        await asyncio.sleep(0)
+
+    with pytest.raises(BodyAwaitedOutside):
+        await db.write(sleepy)
+    assert await rows(db) == set()
+    assert await insert(db, 2) == 2
+
+
+async def test_a_cancelled_caller_does_not_block_the_others(db: Database) -> None:
+    waiters = [asyncio.create_task(insert(db, n)) for n in range(5)]
+    waiters[2].cancel()
+    done = await asyncio.gather(*waiters, return_exceptions=True)
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert {0, 1, 3, 4} <= await rows(db)
+    assert await insert(db, 9) == 9
+
+
+async def test_a_read_body_sees_one_snapshot(db: Database) -> None:
+    await insert(db, 1)
+
+    async def twice(conn: Conn) -> tuple[int, int]:
+        async with conn.execute("SELECT count(*) FROM items") as cur:
+            before = (await cur.fetchone())[0]
+        # A write committed by another connection in between is not seen by this body.
+        other = sqlite3.connect(db.path, isolation_level=None)
+        other.execute("INSERT INTO items (n) VALUES (2)")
+        other.close()
+        async with conn.execute("SELECT count(*) FROM items") as cur:
+            after = (await cur.fetchone())[0]
+        return before, after
+
+    assert await db.read(twice) == (1, 1)
+    assert await rows(db) == {1, 2}

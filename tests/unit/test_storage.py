@@ -21,7 +21,7 @@ from component.model import (
     User,
     new_object_id,
 )
-from storage import Database, SchemaTooNew
+from storage import Conn, Database, SchemaTooNew
 from storage import presence_requests, tokens
 from storage.migrations import UPGRADES
 from unit_rig import TOKEN_TTL_S
@@ -97,8 +97,7 @@ async def test_pragmas_are_in_effect_on_both_connections(db: Database, which: st
 async def test_foreign_keys_refuse_a_request_for_an_unknown_user(db: Database, alice: User) -> None:
     ghost = User(new_object_id(), "ghost@example.test")  # type: ignore[arg-type]
     with pytest.raises(sqlite3.IntegrityError):
-        async with db.transaction() as tx:
-            await presence_requests.insert(tx, _pending(alice, ghost, 1))
+        await db.write(lambda tx: presence_requests.insert(tx, _pending(alice, ghost, 1)))
     async with db.reader.execute("SELECT count(*) FROM presence_requests") as cur:
         assert (await cur.fetchone())[0] == 0
 
@@ -109,13 +108,11 @@ async def test_foreign_keys_refuse_a_request_for_an_unknown_user(db: Database, a
 async def test_the_pair_index_refuses_a_second_live_request_in_one_direction(
     db: Database, alice: User, bob: User
 ) -> None:
-    async with db.transaction() as tx:
-        await presence_requests.insert(tx, _pending(alice, bob, 1))
+    await db.write(lambda tx: presence_requests.insert(tx, _pending(alice, bob, 1)))
     with pytest.raises(sqlite3.IntegrityError):
-        async with db.transaction() as tx:
-            await presence_requests.insert(tx, _pending(alice, bob, 2))
-    async with db.transaction() as tx:  # the reverse direction is another pair
-        await presence_requests.insert(tx, _pending(bob, alice, 3))
+        await db.write(lambda tx: presence_requests.insert(tx, _pending(alice, bob, 2)))
+    # the reverse direction is another pair
+    await db.write(lambda tx: presence_requests.insert(tx, _pending(bob, alice, 3)))
     async with db.reader.execute(
         "SELECT from_user_id, to_user_id, request_date FROM presence_requests ORDER BY request_date"
     ) as cur:
@@ -150,12 +147,15 @@ async def test_every_list_query_is_a_range_scan_of_a_presence_requests_index(
     descending: bool,
     keyset: bool,
 ) -> None:
-    async with db.transaction() as tx:
-        first = _pending(bob, alice, 10)
+    first = _pending(bob, alice, 10)
+
+    async def three_requests_one_accepted(tx: Conn) -> None:
         await presence_requests.insert(tx, first)
         await presence_requests.insert(tx, _pending(carol, alice, 20))
         await presence_requests.insert(tx, _pending(alice, bob, 30))
         await presence_requests.mark_accepted(tx, first.id, 40)
+
+    await db.write(three_requests_one_accepted)
 
     # Record the SQL the module really issues on this connection.
     conn = db.reader
@@ -188,11 +188,14 @@ async def test_list_for_pages_by_keyset_in_both_orders(
     db: Database, alice: User, bob: User, carol: User
 ) -> None:
     dave = User(new_object_id(), "dave@example.test")  # type: ignore[arg-type]
-    async with db.transaction() as tx:
+    made = [_pending(sender, alice, when) for sender, when in ((bob, 1), (carol, 2), (dave, 3))]
+
+    async def dave_and_three_requests(tx: Conn) -> None:
         await tx.execute("INSERT INTO users (id, jid, created_at) VALUES (?, ?, 0)", (dave.id, dave.jid))
-        made = [_pending(sender, alice, when) for sender, when in ((bob, 1), (carol, 2), (dave, 3))]
         for request in made:
             await presence_requests.insert(tx, request)
+
+    await db.write(dave_and_three_requests)
     ids = [r.id for r in made]
 
     page, total = await presence_requests.list_for(
@@ -234,10 +237,12 @@ async def test_tokens_expire_after_their_ttl(identity: Identity, clock: FixedClo
 
 
 async def test_purge_expired_deletes_only_expired_tokens(db: Database, alice: User, bob: User) -> None:
-    async with db.transaction() as tx:
+    async def two_tokens_then_purge(tx: Conn) -> int:
         await tokens.insert(tx, b"old", alice.id, 0, 100)
         await tokens.insert(tx, b"new", bob.id, 0, 101)
-        assert await tokens.purge_expired(tx, 100) == 1
+        return await tokens.purge_expired(tx, 100)
+
+    assert await db.write(two_tokens_then_purge) == 1
     async with db.reader.execute("SELECT hash FROM tokens") as cur:
         assert [r[0] for r in await cur.fetchall()] == [b"new"]
     assert await tokens.user_for(db.reader, b"new", 100) == bob
@@ -245,8 +250,10 @@ async def test_purge_expired_deletes_only_expired_tokens(db: Database, alice: Us
 
 
 async def test_deleting_a_user_deletes_its_tokens(db: Database, alice: User) -> None:
-    async with db.transaction() as tx:
+    async def token_then_delete_user(tx: Conn) -> None:
         await tokens.insert(tx, b"t", alice.id, 0, 100)
         await tx.execute("DELETE FROM users WHERE id = ?", (alice.id,))
+
+    await db.write(token_then_delete_user)
     async with db.reader.execute("SELECT count(*) FROM tokens") as cur:
         assert (await cur.fetchone())[0] == 0

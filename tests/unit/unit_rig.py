@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from component.model import BareJid
-from storage import Database
+from storage import Conn, Database
 
 SERVED = frozenset({"example.test"})
 TOKEN_TTL_S = 3600
@@ -40,8 +40,10 @@ async def outbox_rows(db: Database) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 async def clear_outbox(db: Database) -> None:
-    async with db.transaction() as tx:
+    async def delete_all(tx: Conn) -> None:
         await tx.execute("DELETE FROM outbox")
+
+    await db.write(delete_all)
 
 
 async def request_rows(db: Database) -> list[tuple[Any, ...]]:
