@@ -49,6 +49,7 @@ from stack import (  # noqa: E402
     SECRET,
     SERVICE_JID,
     BenchProsody,
+    CpuMeter,
     LineProcess,
     ServiceProcess,
     free_port,
@@ -445,15 +446,19 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
         await create_accept(http, baseline_url, sessions, warm)
         await wait_outbox_empty(service.db_path)
         svc_rps, base_rps = [], []
+        cpu_pids = {"service": service.pid, "prosody": prosody.pid, "load generator": os.getpid()}
+        fig1_cpu = CpuMeter(cpu_pids)
         for rep in range(reps):
             pairs = rest_pool.take(size["rest_pairs"])
             order = ("baseline", "service") if rep % 2 == 0 else ("service", "baseline")
             for who in order:
                 if who == "service":
+                    fig1_cpu.start()
                     async with profiled(service.pid, profile_dir, f"fig1-rest-{rep}"):
                         res = await create_accept(http, service.base_url, sessions, pairs)
                     svc_rps.append(res.requests / res.elapsed)
                     await wait_outbox_empty(service.db_path, timeout=900)
+                    fig1_cpu.stop()
                 else:
                     res = await create_accept(http, baseline_url, sessions, pairs)
                     base_rps.append(res.requests / res.elapsed)
@@ -461,10 +466,13 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
         s, b = med(svc_rps), med(base_rps)
         rows.append(Row(f"REST create+accept, {WORKERS} clients", f"{s:.0f} req/s ({s / 2:.0f} pairs/s)",
                         f"{b:.0f} req/s bare aiohttp", f"{s / b:.2f}", ">= 0.50", s / b >= 0.5,
-                        f"service req/s {fmt_list(svc_rps)}, baseline {fmt_list(base_rps)}"))
+                        f"service req/s {fmt_list(svc_rps)}, baseline {fmt_list(base_rps)}; "
+                        f"{fig1_cpu.per(reps * 2 * size['rest_pairs'], 'request, delivery included')}"))
 
         # ---- figure 2: management messages during a handshake storm vs plain component messages
         svc_mps, base_mps, storm_rest = [], [], []
+        fig2_cpu = CpuMeter(cpu_pids)
+        fig2_base_cpu = CpuMeter({"prosody": prosody.pid})
         for rep in range(reps):
             pairs = xmpp_pool.take(size["storm"])
             expected = 2 * len(pairs)
@@ -474,6 +482,7 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
                 await clients.call({"cmd": "reset"})
                 if who == "service":
                     t0 = time.monotonic()
+                    fig2_cpu.start()
                     async with profiled(service.pid, profile_dir, f"fig2-storm-{rep}"):
                         res = await creates(http, service.base_url, sessions, pairs)
                         got = await clients.call({"cmd": "wait", "kind": "management", "count": expected, "timeout": 300})
@@ -482,10 +491,13 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
                     svc_mps.append(expected / (got["last"] - t0))
                     storm_rest.append(res.requests / res.elapsed)
                     await wait_outbox_empty(service.db_path)
+                    fig2_cpu.stop()
                 else:
                     t0 = time.monotonic()
+                    fig2_base_cpu.start()
                     await bcomp.call({"cmd": "messages", "to": recipients})
                     got = await clients.call({"cmd": "wait", "kind": "chat", "count": expected, "timeout": 300})
+                    fig2_base_cpu.stop()
                     if got["count"] < expected:
                         raise BenchError(f"baseline: {got['count']} of {expected} chat messages arrived")
                     base_mps.append(expected / (got["last"] - t0))
@@ -495,10 +507,13 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
         rows.append(Row(f"mgmt messages/s, storm of {size['storm']} creates, {len(connected)} clients",
                         f"{s:.0f} msg/s", f"{b:.0f} msg/s plain component", f"{s / b:.2f}", ">= 0.70", s / b >= 0.7,
                         f"service {fmt_list(svc_mps)} (REST creates/s during the storm {fmt_list(storm_rest)}), "
-                        f"baseline {fmt_list(base_mps)}"))
+                        f"baseline {fmt_list(base_mps)}; {fig2_cpu.per(reps * 2 * size['storm'], 'message')}; "
+                        f"baseline {fig2_base_cpu.per(reps * 2 * size['storm'], 'message')}"))
 
         # ---- figure 3: accepts/s including the XEP-0356 roster sets vs the same roster sets alone
         svc_aps, base_aps, accept_rest = [], [], []
+        fig3_cpu = CpuMeter(cpu_pids)
+        fig3_base_cpu = CpuMeter({"prosody": prosody.pid})
         for rep in range(reps):
             pairs = xmpp_pool.take(size["accepts"])
             made = await creates(http, service.base_url, sessions, pairs)  # pending requests (not measured)
@@ -508,14 +523,18 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
             # Baseline first: it adds the items; the service then sets the same items again
             # (Prosody rewrites the whole roster either way, so both see the same roster sizes).
             t0 = time.monotonic()
+            fig3_base_cpu.start()
             got = await bcomp.call({"cmd": "roster", "items": items, "concurrency": ROSTER_CONCURRENCY})
+            fig3_base_cpu.stop()
             if got["errors"]:
                 raise BenchError(f"baseline roster sets: {got['errors']} errors")
             base_aps.append(len(pairs) / (time.monotonic() - t0))
             t0 = time.monotonic()
+            fig3_cpu.start()
             async with profiled(service.pid, profile_dir, f"fig3-accepts-{rep}"):
                 res = await accepts(http, service.base_url, sessions, pairs, made.ids)
                 done = await wait_outbox_empty(service.db_path, timeout=900, poll=0.01)
+            fig3_cpu.stop()
             svc_aps.append(len(pairs) / (done - t0))
             accept_rest.append(len(pairs) / res.elapsed)
             say(f"fig3 round {rep + 1}/{reps}: service {svc_aps[-1]:.0f} accepts/s, "
@@ -524,7 +543,9 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
         rows.append(Row(f"accepts/s incl. XEP-0356 rosters ({size['accepts']} accepts)", f"{s:.0f} accepts/s",
                         f"{b:.0f} pairs/s plain roster sets", f"{s / b:.2f}", ">= 0.80", s / b >= 0.8,
                         f"service {fmt_list(svc_aps)} (REST accept answers alone: {fmt_list(accept_rest)}/s), "
-                        f"baseline {fmt_list(base_aps)} (2 roster sets per accept, {ROSTER_CONCURRENCY} in flight)"))
+                        f"baseline {fmt_list(base_aps)} (2 roster sets per accept, {ROSTER_CONCURRENCY} in flight); "
+                        f"{fig3_cpu.per(reps * size['accepts'], 'accept')}; baseline "
+                        f"{fig3_base_cpu.per(reps * size['accepts'], 'pair of roster sets')}"))
 
     # ---- phase B: stored requests. Stop phase A's processes first (CPU for the rest).
     service.stop()
