@@ -3,6 +3,7 @@ changes, over real actions and a real database; Kazoo's envelopes, field for fie
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -344,10 +345,12 @@ async def test_request_id_is_generated_and_echoed(client: TestClient) -> None:
     async with client.get("/v2/accounts", headers={"X-Auth-Token": ADMIN}) as resp:
         body = await resp.json()
         assert body["request_id"] == resp.headers["X-Request-Id"]
-        assert len(body["request_id"]) == 32
+        assert re.fullmatch("[0-9a-f]{32}", body["request_id"])
+        first = body["request_id"]
     async with client.get("/v2/accounts") as resp:
         body = await resp.json()
         assert resp.status == 401 and body["request_id"] == resp.headers["X-Request-Id"]
+        assert re.fullmatch("[0-9a-f]{32}", body["request_id"]) and body["request_id"] != first
 
 
 async def test_bad_bodies_get_400_in_kazoo_envelopes(client: TestClient, db: Database) -> None:
