@@ -419,7 +419,7 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
     say(f"service up (pid {service.pid}, http {service.port}); idle RSS {idle_mem['VmRSS'] / 1024:.1f} MB")
 
     base_port = free_port()
-    stack.spawn([py, str(HERE / "baseline_http.py"), str(base_port)], workdir / "baseline_http.log")
+    bare = stack.spawn([py, str(HERE / "baseline_http.py"), str(base_port)], workdir / "baseline_http.log")
     await wait_port(base_port)
     baseline_url = f"http://127.0.0.1:{base_port}"
 
@@ -446,8 +446,12 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
         await create_accept(http, baseline_url, sessions, warm)
         await wait_outbox_empty(service.db_path)
         svc_rps, base_rps = [], []
-        cpu_pids = {"service": service.pid, "prosody": prosody.pid, "load generator": os.getpid()}
+        loadgen = os.getpid()
+        cpu_pids = {"service": service.pid, "prosody": prosody.pid, "clients": clients.proc.pid,
+                    "load generator": loadgen}
+        base_pids = {"baseline component": bcomp.proc.pid, "prosody": prosody.pid, "clients": clients.proc.pid}
         fig1_cpu = CpuMeter(cpu_pids)
+        fig1_base_cpu = CpuMeter({"bare aiohttp": bare.pid, "load generator": loadgen})
         for rep in range(reps):
             pairs = rest_pool.take(size["rest_pairs"])
             order = ("baseline", "service") if rep % 2 == 0 else ("service", "baseline")
@@ -460,19 +464,22 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
                     await wait_outbox_empty(service.db_path, timeout=900)
                     fig1_cpu.stop()
                 else:
+                    fig1_base_cpu.start()
                     res = await create_accept(http, baseline_url, sessions, pairs)
+                    fig1_base_cpu.stop()
                     base_rps.append(res.requests / res.elapsed)
             say(f"fig1 round {rep + 1}/{reps}: service {svc_rps[-1]:.0f} req/s, bare aiohttp {base_rps[-1]:.0f} req/s")
         s, b = med(svc_rps), med(base_rps)
         rows.append(Row(f"REST create+accept, {WORKERS} clients", f"{s:.0f} req/s ({s / 2:.0f} pairs/s)",
                         f"{b:.0f} req/s bare aiohttp", f"{s / b:.2f}", ">= 0.50", s / b >= 0.5,
                         f"service req/s {fmt_list(svc_rps)}, baseline {fmt_list(base_rps)}; "
-                        f"{fig1_cpu.per(reps * 2 * size['rest_pairs'], 'request, delivery included')}"))
+                        f"{fig1_cpu.per(reps * 2 * size['rest_pairs'], 'request, delivery included')}; "
+                        f"baseline {fig1_base_cpu.per(reps * 2 * size['rest_pairs'], 'request')}"))
 
         # ---- figure 2: management messages during a handshake storm vs plain component messages
         svc_mps, base_mps, storm_rest = [], [], []
         fig2_cpu = CpuMeter(cpu_pids)
-        fig2_base_cpu = CpuMeter({"prosody": prosody.pid})
+        fig2_base_cpu = CpuMeter(base_pids)
         for rep in range(reps):
             pairs = xmpp_pool.take(size["storm"])
             expected = 2 * len(pairs)
@@ -513,7 +520,7 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
         # ---- figure 3: accepts/s including the XEP-0356 roster sets vs the same roster sets alone
         svc_aps, base_aps, accept_rest = [], [], []
         fig3_cpu = CpuMeter(cpu_pids)
-        fig3_base_cpu = CpuMeter({"prosody": prosody.pid})
+        fig3_base_cpu = CpuMeter(base_pids)
         for rep in range(reps):
             pairs = xmpp_pool.take(size["accepts"])
             made = await creates(http, service.base_url, sessions, pairs)  # pending requests (not measured)
