@@ -79,7 +79,8 @@ def _write_batch(raw: sqlite3.Connection, jobs: list[_Job[Any]]) -> None:
     """On the writer's thread: one transaction for the batch, a savepoint per body.
 
     Sets each job's outcome; raises (after rolling everything back) only when the
-    transaction as a whole fails (BEGIN, a savepoint, COMMIT), which fails every job.
+    transaction as a whole fails (BEGIN, a savepoint, COMMIT, or SQLite aborting it),
+    which fails every job of the batch.
     """
     conn = Conn(raw)
     raw.execute("BEGIN IMMEDIATE")
@@ -89,6 +90,10 @@ def _write_batch(raw: sqlite3.Connection, jobs: list[_Job[Any]]) -> None:
             try:
                 result = run_body(job.body, conn)
             except Exception as exc:  # noqa: BLE001 - the body's own failure, for its caller
+                if not raw.in_transaction:
+                    # SQLite rolled the whole transaction back (disk full, I/O error):
+                    # the bodies before this one are lost too, so the batch fails.
+                    raise
                 raw.execute("ROLLBACK TO body")
                 raw.execute("RELEASE body")
                 job.outcome = (False, exc)

@@ -87,6 +87,30 @@ async def test_a_constraint_error_is_the_callers_and_the_batch_goes_on(db: Datab
     assert await rows(db) == {7, 8}
 
 
+async def test_a_transaction_aborted_under_a_body_fails_the_whole_batch(db: Database) -> None:
+    """When SQLite itself ends the transaction (disk full, I/O error), the bodies that ran
+    before in the same batch are lost too: every caller of the batch gets the error."""
+
+    def inserting(n: int):
+        async def body(tx: Conn) -> None:
+            await tx.execute("INSERT INTO items (n) VALUES (?)", (n,))
+        return body
+
+    async def aborted(tx: Conn) -> None:
+        await tx.execute("INSERT INTO items (n) VALUES (2)")
+        await tx.execute("ROLLBACK")  # what SQLite does itself on SQLITE_FULL or SQLITE_IOERR
+        raise sqlite3.OperationalError("database or disk is full")
+
+    # Queued in the same loop turn, the three share one batch.
+    results = await asyncio.gather(
+        db.write(inserting(0)), db.write(inserting(1)), db.write(aborted), return_exceptions=True
+    )
+    # Each caller gets SQLite's own error, not a follow-up one about the lost savepoint.
+    assert [str(r) for r in results] == ["database or disk is full"] * 3, results
+    assert await rows(db) == set()
+    assert await insert(db, 5) == 5
+
+
 async def test_a_body_awaiting_something_else_is_refused_and_rolled_back(db: Database) -> None:
     async def sleepy(tx: Conn) -> None:
         await tx.execute("INSERT INTO items (n) VALUES (1)")
