@@ -7,9 +7,12 @@ Commands are JSON lines on stdin, answers JSON lines on stdout:
 - {"cmd": "messages", "to": [JID, ...]}: send one `<message type='chat'>` to each,
   then a ping to the domain (the stream is ordered: its answer means the server
   took them all) -> {"sent": N}
-- {"cmd": "roster", "items": [[owner, contact, subscription], ...], "concurrency": 20}:
-  privileged roster sets (XEP-0356), at most `concurrency` in flight, built exactly
-  as the service builds them -> {"done": N, "errors": E}
+- {"cmd": "roster", "items": [[owner, contact, subscription], ...], "concurrency": 20,
+   "messages": [JID, ...]}: privileged roster sets (XEP-0356), at most `concurrency` in
+  flight, built exactly as the service builds them; with "messages", one
+  `<message type='chat'>` to each JID is sent first (the dispatcher also sends a batch's
+  messages at once and queues its roster IQs), and a ping after the last answer
+  -> {"done": N, "errors": E}
 - {"cmd": "quit"}
 """
 
@@ -81,7 +84,11 @@ async def main() -> None:
                     except (IqError, IqTimeout):
                         errors += 1
 
+            for to in cmd.get("messages", []):
+                xmpp.make_message(mto=to, mfrom=args.jid, mbody="baseline", mtype="chat").send()
             await asyncio.gather(*(one(*item) for item in cmd["items"]))
+            if cmd.get("messages"):
+                await barrier()
             answer({"done": len(cmd["items"]), "errors": errors})
         elif cmd["cmd"] == "quit":
             break
