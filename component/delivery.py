@@ -84,13 +84,19 @@ class OutboxDispatcher(Worker):
         (owner and contact: the last set wins), up to the transport's IQ bound, across
         batch boundaries. Rows are confirmed (every roster answer in, then the barrier)
         and deleted in windows of up to `confirm_window` rows, and whenever the
-        outbox runs dry.
+        outbox runs dry. A confirmation runs in the background, one at a time: rows
+        committed meanwhile are sent at once, so the server's pipeline does not drain
+        while we wait for the last answers of a window.
         """
         cursor = 0
-        window: list[int] = []
+        window: list[int] = []  # rows sent, not yet handed to a confirmation
         chains: dict[tuple[str, str], asyncio.Task[None]] = {}
+        confirming: asyncio.Task[None] | None = None
         try:
             while self.transport.ready:
+                if confirming is not None and confirming.done():
+                    confirming.result()  # its failure (TransportGone) ends this drain
+                    confirming = None
                 rows = await self.db.read(
                     lambda conn, after=cursor: outbox.next_batch(conn, after, self.batch_size)
                 )
@@ -98,14 +104,34 @@ class OutboxDispatcher(Worker):
                     self._send(rows, chains)
                     cursor = rows[-1].id
                     window.extend(r.id for r in rows)
-                if window and (not rows or len(window) >= self.confirm_window):
-                    await self._confirm(window, chains)
+                if window and (
+                    len(window) >= self.confirm_window or (not rows and confirming is None)
+                ):
+                    if confirming is not None:  # one confirmation at a time
+                        await confirming
+                    # Confirmed in the background: rows committed meanwhile go out at once
+                    # instead of waiting for these answers (no pipeline bubble under load).
+                    confirming = asyncio.create_task(self._confirm(window, list(chains.values())))
                     window = []
-                elif not rows:
+                    chains = {key: task for key, task in chains.items() if not task.done()}
+                if rows:
+                    continue
+                if confirming is None:  # dry, and everything sent is confirmed
                     return
+                await self._woken_or(confirming)
         finally:
-            for chain in chains.values():
-                chain.cancel()
+            for task in [*chains.values(), *([confirming] if confirming else [])]:
+                _discard(task)
+
+    async def _woken_or(self, task: asyncio.Task[None]) -> None:
+        """Until a commit wakes us (clearing the wake-up) or `task` ends."""
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({woken, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        if self._wake.is_set():
+            self._wake.clear()
 
     def _send(self, rows: list[OutboxRow], chains: dict[tuple[str, str], asyncio.Task[None]]) -> None:
         for row in rows:
@@ -129,12 +155,9 @@ class OutboxDispatcher(Worker):
             await previous  # its failure (TransportGone) stops the rest of the chain
         await self.transport.set_roster_item(row)
 
-    async def _confirm(
-        self, ids: list[int], chains: dict[tuple[str, str], asyncio.Task[None]]
-    ) -> None:
-        """Wait for every roster answer, then the barrier; then delete the rows."""
-        results = await asyncio.gather(*chains.values(), return_exceptions=True)
-        chains.clear()
+    async def _confirm(self, ids: list[int], sets: list[asyncio.Task[None]]) -> None:
+        """Wait for the roster answers, then the barrier; then delete the rows."""
+        results = await asyncio.gather(*sets, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -142,3 +165,12 @@ class OutboxDispatcher(Worker):
         await self.db.write(lambda tx: outbox.delete(tx, ids))
         self.delivered += len(ids)
         log.debug("outbox: delivered %d row(s)", len(ids))
+
+
+def _discard(task: asyncio.Task[None]) -> None:
+    """Stop a task this drain no longer needs; a failure it already had is not reported twice."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # retrieved: the drain reported (or is reporting) the cause
+    else:
+        task.cancel()

@@ -168,6 +168,39 @@ async def test_a_wide_window_confirms_every_batch_with_one_barrier(
     assert await outbox.count(db.reader) == 0
 
 
+async def test_rows_committed_during_a_confirmation_are_sent_before_it_ends(
+    db: Database, stored: list[OutboxRow]
+) -> None:
+    """The confirmation (roster answers, barrier, delete) runs in the background: a row
+    committed meanwhile goes out at once, and is confirmed after it."""
+    release = asyncio.Event()
+
+    class SlowBarrier(FakeTransport):
+        async def barrier(self) -> None:
+            self.barrier_reached.set()
+            await release.wait()
+            await super().barrier()
+
+    transport = SlowBarrier(db)
+    dispatcher = OutboxDispatcher(db, transport)
+    drain = asyncio.create_task(dispatcher.drain())
+    await asyncio.wait_for(transport.barrier_reached.wait(), 5)
+    await db.write(lambda tx: outbox.add(tx, "message", "carol@example.test", msg(4), 0))
+    dispatcher.wake()
+    for _ in range(100):  # the new row is sent while the first barrier still waits
+        if any(e[0] == "message" and e[1][1] == "carol@example.test" for e in transport.log):
+            break
+        await asyncio.sleep(0.01)
+    assert ("message", (stored[-1].id + 1, "carol@example.test", msg(4))) in transport.log
+    assert not any(kind == "barrier" for kind, _ in transport.log)
+    release.set()
+    await asyncio.wait_for(drain, 5)
+    # Two confirmations: the first window (all 8 rows still stored), then the new row.
+    assert [e for e in transport.log if e[0] == "barrier"] == [("barrier", 8), ("barrier", 1)]
+    assert await outbox.count(db.reader) == 0
+    assert dispatcher.delivered == len(ROWS) + 1
+
+
 async def test_nothing_is_delivered_while_the_transport_is_not_ready(
     db: Database, stored: list[OutboxRow]
 ) -> None:
