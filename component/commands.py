@@ -5,6 +5,7 @@ Each checks its own invariants, so an action never sees a malformed command.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -118,6 +119,18 @@ class Principal:
         return self.user is None
 
 
+# Characters outside XML 1.0's Char production. Free text ends up in stanzas (roster
+# item names, share attributes in IQ results); one of these would make the server
+# close the component's stream, again at every retry of the same outbox row.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(value: str, field: str) -> str:
+    if _NOT_XML_CHAR.search(value):
+        raise BadRequest(f"{field} contains a control or non-character code point", field, "pattern")
+    return value
+
+
 def _text(value: object, field: str, max_len: int = 128, required: bool = True) -> str | None:
     if value is None:
         if required:
@@ -129,7 +142,7 @@ def _text(value: object, field: str, max_len: int = 128, required: bool = True) 
         raise BadRequest(f"{field} must not be empty", field, "required")
     if len(value) > max_len:
         raise BadRequest(f"{field} must be at most {max_len} characters", field, "maxLength")
-    return value.strip()
+    return _xml_text(value, field).strip()
 
 
 @dataclass(frozen=True)
@@ -288,6 +301,8 @@ class ShareAnswer:
             raise BadRequest(
                 f"reason must be text of at most {MAX_REASON} characters", "reason", "maxLength"
             )
+        if reason is not None:
+            _xml_text(reason, "reason")
         unknown = sorted(set(fields) - {"invite_code", "reason"})
         if unknown:
             raise BadRequest(f"unknown field(s): {', '.join(unknown)}", unknown[0], "unknown")

@@ -21,6 +21,10 @@ BareJid = NewType("BareJid", str)
 _HEX24 = re.compile(r"[0-9a-f]{24}")
 # RFC 7622 section 3.3.1: characters a localpart may not contain.
 _LOCALPART_FORBIDDEN = set("\"&'/:<>@") | {" ", "\t", "\r", "\n"}
+# Controls, surrogates, unassigned code points (U+FFFE, U+FFFF...) and spaces: PRECIS
+# disallows them in a localpart (RFC 7613), and a control character is not even XML,
+# so a JID with one would make the server close the component's stream.
+_LOCALPART_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Cn", "Zs", "Zl", "Zp"})
 _DOMAIN_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -57,7 +61,10 @@ def parse_bare_jid(value: object, field: str = "jid") -> BareJid:
     local, sep, domain = text.partition("@")
     if not sep or not local or "/" in domain or len(local) > 1023:
         raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
-    if any(ch in _LOCALPART_FORBIDDEN for ch in local):
+    if any(
+        ch in _LOCALPART_FORBIDDEN or unicodedata.category(ch) in _LOCALPART_BAD_CATEGORIES
+        for ch in local
+    ):
         raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
     domain = domain.rstrip(".")
     labels = domain.split(".")

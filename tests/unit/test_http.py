@@ -216,6 +216,10 @@ async def test_create_by_jid_and_by_user_id(alice: Session, bob: Session, db: Da
         ({"toJid": "alice@example.test"}, 400, "Bad Request", 400000),
         ({"toJid": "mallory@evil.test"}, 400, "Bad Request", 400000),
         ({"toJid": "not a jid"}, 400, "Bad Request", 400000),
+        # A control character would make any stanza to this JID invalid XML, and the
+        # server would close the component's stream at every retry of the row.
+        ({"toJid": "bo\u0001b@example.test"}, 400, "Bad Request", 400000),
+        ({"toJid": "bo\uffffb@example.test"}, 400, "Bad Request", 400000),
         ({"toUserId": "xyz"}, 400, "Bad Request", 400000),
         ({"toUserId": "0" * 24}, 404, "Not Found", 404001),
         ({}, 400, "Bad Request", 400000),

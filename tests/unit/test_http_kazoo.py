@@ -212,6 +212,12 @@ async def test_account_refusals(client: TestClient, db: Database) -> None:
     assert await call(client, "PUT", "/v2/accounts", body={"data": {"realm": "other.test"}}) == (
         400, err(400, "invalid data", field("name", "required", "name is required"))
     )
+    # Names reach stanzas (a device's name is its roster item's name): no control characters.
+    assert await call(
+        client, "PUT", "/v2/accounts", body={"data": {"name": "Bell\u0007", "realm": "other.test"}}
+    ) == (400, err(400, "invalid data", field(
+        "name", "pattern", "name contains a control or non-character code point"
+    )))
     assert await rows(db, "SELECT realm FROM accounts") == [("example.test",)]
 
 

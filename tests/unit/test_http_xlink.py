@@ -340,6 +340,8 @@ async def test_answer_errors(
         (f"{P}/deny", bob, {"invite_code": "x"}, xerr(4001001, "invite_code is not a valid invite code")),
         (f"{P}/deny", bob, {"invite_code": accepted, "reason": "r" * 257},
          xerr(4001001, "reason must be text of at most 256 characters")),
+        (f"{P}/deny", bob, {"invite_code": accepted, "reason": "no\u0007"},
+         xerr(4001001, "reason contains a control or non-character code point")),
         (f"{P}/cancel", alice, {"invite_code": accepted, "why": 1}, xerr(4001001, "unknown field(s): why")),
         (f"{P}/accept", bob, {"invite_code": unknown}, xerr(4041018, "share not found")),
         (f"{P}/accept", carol, {"invite_code": expired}, xerr(4041018, "share not found")),
