@@ -32,18 +32,11 @@ class Cursor:
     def rowcount(self) -> int:
         return self._cur.rowcount
 
-    @property
-    def lastrowid(self) -> int | None:
-        return self._cur.lastrowid
-
     async def fetchone(self) -> sqlite3.Row | None:
         return self._cur.fetchone()
 
     async def fetchall(self) -> list[sqlite3.Row]:
         return self._cur.fetchall()
-
-    async def close(self) -> None:
-        self._cur.close()
 
     async def __aenter__(self) -> Cursor:
         return self
