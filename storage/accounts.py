@@ -51,12 +51,6 @@ async def delete_account(conn: Conn, account_id: AccountId) -> bool:
     return cur.rowcount == 1
 
 
-_USER_SELECT = (
-    "SELECT u.id, u.jid, au.account_id, au.username, au.presence_id, au.email"
-    " FROM account_users au JOIN users u ON u.id = au.user_id"
-)
-
-
 def _account_user(row: sqlite3.Row) -> AccountUser:
     return AccountUser(
         User(UserId(row[0]), BareJid(row[1])), AccountId(row[2]), row[3], row[4], row[5]
@@ -92,19 +86,29 @@ async def user_by_email(conn: Conn, email: str) -> User | None:
     return User(UserId(row[0]), BareJid(row[1])) if row else None
 
 
-async def get_account_user(
-    conn: Conn, account_id: AccountId, user_id: UserId
+# Members of an account: every user of its realm's domain (DESIGN "Consent rules: realm
+# membership is by domain"), with the Kazoo fields of those that were provisioned.
+_MEMBER_SELECT = (
+    "SELECT u.id, u.jid, ?1, COALESCE(au.username, substr(u.jid, 1, instr(u.jid, '@') - 1)),"
+    " au.presence_id, au.email"
+    " FROM users u LEFT JOIN account_users au ON au.user_id = u.id AND au.account_id = ?1"
+    " WHERE u.domain = ?2"
+)
+
+
+async def member(
+    conn: Conn, account: Account, user_id: UserId
 ) -> AccountUser | None:
-    async with conn.execute(
-        _USER_SELECT + " WHERE au.account_id = ? AND au.user_id = ?", (account_id, user_id)
-    ) as cur:
+    """A user of the account's realm, provisioned or not."""
+    async with conn.execute(_MEMBER_SELECT + " AND u.id = ?3", (account.id, account.realm, user_id)) as cur:
         row = await cur.fetchone()
     return _account_user(row) if row else None
 
 
-async def list_account_users(conn: Conn, account_id: AccountId) -> list[AccountUser]:
+async def members(conn: Conn, account: Account) -> list[AccountUser]:
+    """Every user of the account's realm the service knows, oldest first."""
     async with conn.execute(
-        _USER_SELECT + " WHERE au.account_id = ? ORDER BY au.created_at, au.user_id", (account_id,)
+        _MEMBER_SELECT + " ORDER BY u.created_at, u.id", (account.id, account.realm)
     ) as cur:
         rows = await cur.fetchall()
     return [_account_user(r) for r in rows]
@@ -113,8 +117,8 @@ async def list_account_users(conn: Conn, account_id: AccountId) -> list[AccountU
 async def delete_account_user(
     conn: Conn, account_id: AccountId, user_id: UserId
 ) -> bool:
-    """Unprovision; the user (and its family 1 id and requests) stays, and the devices
-    it managed are left without a manager."""
+    """Unprovision: the Kazoo fields go, and the devices the user managed are left
+    without a manager. The user (its id, requests, membership by domain) stays."""
     cur = await conn.execute(
         "DELETE FROM account_users WHERE account_id = ? AND user_id = ?", (account_id, user_id)
     )
@@ -197,6 +201,20 @@ async def devices_owned_by(
     async with conn.execute(
         _DEVICE_SELECT + " WHERE owner_id = ? AND account_id = ? ORDER BY created_at, id",
         (owner_id, account_id),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_device(r) for r in rows]
+
+
+async def devices_with_extension(conn: Conn, realm: str, extension: str) -> list[Device]:
+    """The devices of the realm's account whose extension (presence_id, else SIP
+    username) is `extension`."""
+    async with conn.execute(
+        "SELECT d.id, d.account_id, d.name, d.sip_username, d.presence_id, d.owner_id"
+        " FROM devices d JOIN accounts a ON a.id = d.account_id"
+        " WHERE a.realm = ? AND COALESCE(d.presence_id, d.sip_username) = ?"
+        " ORDER BY d.created_at, d.id",
+        (realm, extension),
     ) as cur:
         rows = await cur.fetchall()
     return [_device(r) for r in rows]

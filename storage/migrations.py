@@ -6,10 +6,16 @@ database whose version is newer than the last step here.
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 
+from component.errors import BadRequest
+from component.model import parse_bare_jid
 from storage.conn import Conn
+
+log = logging.getLogger(__name__)
 
 Upgrade = Callable[[Conn], Awaitable[None]]
 
@@ -187,4 +193,145 @@ async def _v3_device_sharing(conn: Conn) -> None:
     )
 
 
-UPGRADES: list[Upgrade] = [_v1_initial, _v2_presence_subscriptions, _v3_device_sharing]
+async def _v4_consent(conn: Conn) -> None:
+    """Consent that holds (issue #9): one identity per account, rosters that belong to
+    their users, realm membership by domain.
+
+    - users.domain: every user of a served domain is a member of the account whose
+      realm it is; the listing of an account's users is a range scan of this index.
+    - JIDs re-normalised with the server's stringprep profiles (component.model):
+      `carol\u200b@` and `carol@` were two users; now they are one (the older id is
+      kept, the other's requests, tokens, shares and subscriptions move to it).
+    - roster_items: what the service did to each roster item it touched, so that an
+      item it created can be removed once it holds no direction, and a direction the
+      user removed from a stock client can be noticed (component.rosters).
+    - outbox roster rows change from whole items to one direction each (added or
+      removed); rows still queued at upgrade are converted in order.
+    """
+    await _run_script(
+        conn,
+        """
+        ALTER TABLE users ADD COLUMN domain TEXT NOT NULL DEFAULT '';
+        UPDATE users SET domain = substr(jid, instr(jid, '@') + 1);
+        CREATE INDEX users_by_domain ON users(domain, created_at, id);
+
+        -- Per (owner, contact): `granted` is the part of the item's subscription the
+        -- service added for a consent and last applied (none/to/from/both); `created`
+        -- says the service created the item (it removes it once no direction is left).
+        -- `version` moves with every change the dispatcher applies.
+        CREATE TABLE roster_items (
+            owner       TEXT NOT NULL,              -- bare JID whose roster holds the item
+            contact     TEXT NOT NULL,              -- the item's JID
+            created     INTEGER NOT NULL DEFAULT 0,
+            granted     TEXT NOT NULL DEFAULT 'none'
+                CHECK (granted IN ('none', 'to', 'from', 'both')),
+            version     INTEGER NOT NULL DEFAULT 1,
+            updated_at  INTEGER NOT NULL,
+            PRIMARY KEY (owner, contact)
+        ) WITHOUT ROWID;
+
+        -- Roster rows still queued for a user: the roster check skips items in flight.
+        CREATE INDEX outbox_roster_by_recipient ON outbox(recipient) WHERE kind = 'roster';
+
+        -- Subscriptions of one subscriber to one extension JID, whatever the realm.
+        CREATE INDEX subscriptions_by_subscriber_extension ON subscriptions(subscriber, extension);
+        -- Shares a user holds, by state (managed-device subscriptions, roster checks).
+        CREATE INDEX device_shares_held ON device_shares(to_user_id, state);
+        -- A realm's devices by extension (who may subscribe to it).
+        CREATE INDEX devices_by_extension ON devices(account_id, COALESCE(presence_id, sip_username));
+        """,
+    )
+    await _renormalise_users(conn)
+    await _convert_roster_rows(conn)
+
+
+async def _renormalise_users(conn: Conn) -> None:
+    async with conn.execute("SELECT id, jid FROM users ORDER BY created_at, id") as cur:
+        rows = [(r[0], r[1]) for r in await cur.fetchall()]
+    renamed = merged = unparsable = 0
+    for user_id, jid in rows:
+        try:
+            norm = parse_bare_jid(jid)
+        except BadRequest:
+            unparsable += 1  # the server refuses it too: nobody can log in as it
+            continue
+        if norm == jid:
+            continue
+        async with conn.execute("SELECT id FROM users WHERE jid = ?", (norm,)) as cur:
+            other = await cur.fetchone()
+        if other is None:
+            await conn.execute(
+                "UPDATE users SET jid = ?, domain = ? WHERE id = ?",
+                (norm, norm.partition("@")[2], user_id),
+            )
+            renamed += 1
+        else:
+            await _merge_user(conn, user_id, other[0])
+            merged += 1
+        for sql in (
+            "UPDATE OR IGNORE subscriptions SET subscriber = ?1 WHERE subscriber = ?2",
+            "DELETE FROM subscriptions WHERE subscriber = ?2",
+            "UPDATE outbox SET recipient = ?1 WHERE recipient = ?2",
+        ):
+            await conn.execute(sql, (norm, jid))
+    if renamed or merged or unparsable:
+        log.info(
+            "storage: JIDs normalised: %d renamed, %d merged into the same account's user,"
+            " %d left as they were (not valid JIDs)",
+            renamed, merged, unparsable,
+        )
+
+
+async def _merge_user(conn: Conn, old: str, new: str) -> None:
+    """Move everything of user `old` to `new` (the same account), then delete `old`."""
+    for sql in (
+        "UPDATE tokens SET user_id = ?1 WHERE user_id = ?2",
+        # One live request per direction and pair: the older user's request wins.
+        "UPDATE OR IGNORE presence_requests SET from_user_id = ?1"
+        " WHERE from_user_id = ?2 AND to_user_id <> ?1",
+        "UPDATE OR IGNORE presence_requests SET to_user_id = ?1"
+        " WHERE to_user_id = ?2 AND from_user_id <> ?1",
+        "DELETE FROM presence_requests WHERE from_user_id = ?2 OR to_user_id = ?2",
+        "UPDATE OR IGNORE account_users SET user_id = ?1 WHERE user_id = ?2",
+        "DELETE FROM account_users WHERE user_id = ?2",
+        "UPDATE devices SET owner_id = ?1 WHERE owner_id = ?2",
+        "UPDATE device_shares SET from_user_id = ?1 WHERE from_user_id = ?2",
+        "UPDATE device_shares SET to_user_id = ?1 WHERE to_user_id = ?2",
+        "DELETE FROM users WHERE id = ?2",
+    ):
+        await conn.execute(sql, (new, old))
+
+
+# Whole-item roster rows of schema 3 -> one row per direction (same effect, in order).
+_LEGACY_ROSTER = {
+    "both": (("to", "add"), ("from", "add")),
+    "to": (("to", "add"), ("from", "remove")),
+    "from": (("from", "add"), ("to", "remove")),
+    "remove": (("to", "remove"), ("from", "remove")),
+}
+
+
+async def _convert_roster_rows(conn: Conn) -> None:
+    async with conn.execute(
+        "SELECT id, recipient, payload, created_at FROM outbox WHERE kind = 'roster' ORDER BY id"
+    ) as cur:
+        rows = await cur.fetchall()
+    for row_id, recipient, payload, created_at in rows:
+        item = json.loads(payload)
+        await conn.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+        for direction, op in _LEGACY_ROSTER.get(item.get("subscription"), ()):
+            new = {"jid": item["jid"], "direction": direction, "op": op}
+            if op == "add" and item.get("name"):
+                new["name"] = item["name"]
+            await conn.execute(
+                "INSERT INTO outbox (kind, recipient, payload, created_at) VALUES ('roster', ?, ?, ?)",
+                (recipient, json.dumps(new, separators=(",", ":")), created_at),
+            )
+
+
+UPGRADES: list[Upgrade] = [
+    _v1_initial,
+    _v2_presence_subscriptions,
+    _v3_device_sharing,
+    _v4_consent,
+]

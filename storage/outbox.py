@@ -37,14 +37,26 @@ async def add_many(
         )
 
 
-async def next_batch(conn: Conn, after_id: int, limit: int) -> list[OutboxRow]:
-    """The oldest rows after `after_id`, in commit order."""
-    async with conn.execute(
-        "SELECT id, kind, recipient, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-        (after_id, limit),
-    ) as cur:
+async def next_batch(
+    conn: Conn, after_id: int, limit: int, roster: bool = True
+) -> list[OutboxRow]:
+    """The oldest rows after `after_id`, in commit order; without `roster`, roster rows
+    are left out (they wait in the table while the server grants no roster access)."""
+    sql = "SELECT id, kind, recipient, payload FROM outbox WHERE id > ?"
+    if not roster:
+        sql += " AND kind <> 'roster'"
+    async with conn.execute(sql + " ORDER BY id LIMIT ?", (after_id, limit)) as cur:
         rows = await cur.fetchall()
     return [OutboxRow(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+
+async def roster_contacts_queued(conn: Conn, owner: str) -> set[str]:
+    """Contacts whose roster changes for `owner` are still queued (not yet applied)."""
+    async with conn.execute(
+        "SELECT payload FROM outbox WHERE kind = 'roster' AND recipient = ?", (owner,)
+    ) as cur:
+        rows = await cur.fetchall()
+    return {json.loads(r[0])["jid"] for r in rows}
 
 
 async def delete(conn: Conn, ids: list[int]) -> None:

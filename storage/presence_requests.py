@@ -67,13 +67,6 @@ async def link_exists(conn: Conn, from_id: UserId, to_id: UserId) -> bool:
         return await cur.fetchone() is not None
 
 
-async def is_accepted(conn: Conn, from_id: UserId, to_id: UserId) -> bool:
-    async with conn.execute(
-        "SELECT 1 FROM presence_requests"
-        " WHERE from_user_id = ? AND to_user_id = ? AND status = 'accepted'",
-        (from_id, to_id),
-    ) as cur:
-        return await cur.fetchone() is not None
 
 
 async def mark_accepted(conn: Conn, request_id: RequestId, now_ms: int) -> bool:
@@ -147,3 +140,21 @@ async def list_for(
     ) as cur:
         total = (await cur.fetchone())[0]
     return [_from_row(r) for r in rows], int(total)
+
+
+async def accepted_between(conn: Conn, from_id: UserId, to_id: UserId) -> PresenceRequest | None:
+    async with conn.execute(
+        _SELECT + " WHERE r.from_user_id = ? AND r.to_user_id = ? AND r.status = 'accepted'",
+        (from_id, to_id),
+    ) as cur:
+        row = await cur.fetchone()
+    return _from_row(row) if row else None
+
+
+async def accepted_page(conn: Conn, after: RequestId | str, limit: int) -> list[PresenceRequest]:
+    """Accepted requests after `after` in id order (resync walks them all)."""
+    async with conn.execute(
+        _SELECT + " WHERE r.status = 'accepted' AND r.id > ? ORDER BY r.id LIMIT ?", (after, limit)
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_from_row(r) for r in rows]

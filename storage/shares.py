@@ -148,3 +148,32 @@ async def count_accepted(conn: Conn, device_id: DeviceId, user_id: UserId) -> in
     ) as cur:
         row = await cur.fetchone()
     return int(row[0])
+
+
+async def live_for_device(conn: Conn, device_id: DeviceId) -> list[DeviceShare]:
+    """The device's pending and accepted shares (what deleting the device must end)."""
+    async with conn.execute(
+        _SELECT + " WHERE s.device_id = ? AND s.state IN ('pending', 'accept') ORDER BY s.create_date",
+        (device_id,),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_share(r) for r in rows]
+
+
+async def held_by(conn: Conn, user_id: UserId) -> list[DeviceShare]:
+    """Accepted shares the user holds (each gives it a device's presence)."""
+    async with conn.execute(
+        _SELECT + " WHERE s.to_user_id = ? AND s.state = 'accept' ORDER BY s.create_date", (user_id,)
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_share(r) for r in rows]
+
+
+async def accepted_page(conn: Conn, after: InviteCode | str, limit: int) -> list[DeviceShare]:
+    """Accepted shares after `after` in invite-code order (resync walks them all)."""
+    async with conn.execute(
+        _SELECT + " WHERE s.state = 'accept' AND s.invite_code > ? ORDER BY s.invite_code LIMIT ?",
+        (after, limit),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_share(r) for r in rows]

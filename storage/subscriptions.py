@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
-from component.model import BareJid, PresenceState, Subscription, SubscriptionId
+from component.model import BareJid, PresenceState, Subscription, SubscriptionId, new_account_id
 from storage.conn import Conn
 
 _SELECT = (
@@ -123,3 +124,40 @@ async def record_notification(
     ) as cur:
         row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def open_subscription(
+    conn: Conn, realm: str, extension: str, event: str, subscriber: BareJid, now_ms: int
+) -> tuple[Subscription, bool, PresenceState]:
+    """Record (or confirm) the subscription and count the state notification it is owed
+    now: the subscription as stored (with that notification's sequence), whether it is
+    new, and the extension's current state."""
+    created = await add(
+        conn,
+        Subscription(
+            SubscriptionId(new_account_id()), realm, extension, event, subscriber, now_ms, 0, None, 1
+        ),
+    )
+    found = await find(conn, realm, extension, event, subscriber)
+    assert found is not None
+    state = await state_of(conn, realm, extension)
+    sequence = await record_notification(conn, found.id, state.value)
+    return replace(found, notify_sequence=sequence, notify_body=state.value), created, state
+
+
+async def of_subscriber(
+    conn: Conn, extension: str, event: str, subscriber: BareJid
+) -> list[Subscription]:
+    """The subscriber's subscriptions to one extension JID, in every realm."""
+    async with conn.execute(
+        _SELECT + " WHERE subscriber = ? AND extension = ? AND event = ? ORDER BY realm",
+        (subscriber, extension, event),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_subscription(r) for r in rows]
+
+
+async def remove_realm(conn: Conn, realm: str) -> None:
+    """Forget every subscription and state of a realm (its account was deleted)."""
+    await conn.execute("DELETE FROM subscriptions WHERE realm = ?", (realm,))
+    await conn.execute("DELETE FROM extension_states WHERE realm = ?", (realm,))

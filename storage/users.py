@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from component.model import BareJid, User, UserId, new_object_id
+from component.model import BareJid, User, UserId, jid_domain, new_object_id
 from storage.conn import Conn
 
 
 async def get_or_create(conn: Conn, jid: BareJid, now_ms: int) -> User:
-    """Return the user for `jid`, creating it (inside the caller's transaction) if new."""
+    """Return the user for `jid` (normalised by the caller), creating it inside the
+    caller's transaction if new."""
     await conn.execute(
-        "INSERT INTO users (id, jid, created_at) VALUES (?, ?, ?) ON CONFLICT (jid) DO NOTHING",
-        (new_object_id(), jid, now_ms),
+        "INSERT INTO users (id, jid, created_at, domain) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (jid) DO NOTHING",
+        (new_object_id(), jid, now_ms, jid_domain(jid)),
     )
     user = await by_jid(conn, jid)
     assert user is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import itertools
 import sqlite3
 import threading
@@ -257,3 +258,85 @@ async def test_deleting_a_user_deletes_its_tokens(db: Database, alice: User) -> 
     await db.write(token_then_delete_user)
     async with db.reader.execute("SELECT count(*) FROM tokens") as cur:
         assert (await cur.fetchone())[0] == 0
+
+
+# ---- schema 4: one identity per account, roster rows per direction --------------------------
+
+
+async def test_upgrading_merges_the_spellings_of_one_account(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before schema 4, `carol\\u200b@` (the server logs it in as carol) was a second user:
+    the upgrade re-normalises every JID and merges such users into the oldest one."""
+    import storage.db
+
+    monkeypatch.setattr(storage.db, "UPGRADES", UPGRADES[:3])
+    old = Database(db_path)
+    await old.open()
+    rows = [
+        ("a" * 24, "carol@example.test", 1),
+        ("b" * 24, "carol\u200b@example.test", 2),  # same account
+        ("c" * 24, "Stra\u00dfe@example.test", 3),  # renamed: strasse
+        ("d" * 24, "bob@example.test", 4),
+        ("e" * 24, "\u202ebidi@example.test", 5),  # refused by the server: left alone
+    ]
+
+    async def legacy(tx) -> None:
+        await tx.executemany("INSERT INTO users (id, jid, created_at) VALUES (?, ?, ?)", rows)
+        await tx.executemany(
+            "INSERT INTO presence_requests (id, from_user_id, to_user_id, status, request_date)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                ("1" * 24, "d" * 24, "a" * 24, "accepted", 10),  # bob -> carol
+                ("2" * 24, "d" * 24, "b" * 24, "pending", 11),  # bob -> carol again: a duplicate
+                ("3" * 24, "b" * 24, "a" * 24, "pending", 12),  # carol -> carol: goes
+                ("4" * 24, "b" * 24, "d" * 24, "pending", 13),  # carol -> bob: kept, moved
+            ],
+        )
+        await tx.execute(
+            "INSERT INTO tokens (hash, user_id, created_at, expires_at) VALUES (x'00', ?, 0, 99)", ("b" * 24,)
+        )
+        await tx.execute(
+            "INSERT INTO subscriptions (id, realm, extension, event, subscriber, created_at)"
+            " VALUES ('s1', 'example.test', '101', 'presence', 'carol\u200b@example.test', 0)"
+        )
+        await tx.execute(
+            "INSERT INTO outbox (kind, recipient, payload, created_at) VALUES"
+            " ('message', 'carol\u200b@example.test', '{}', 0),"
+            " ('roster', 'bob@example.test', '{\"jid\":\"carol@example.test\",\"subscription\":\"to\",\"name\":\"carol\"}', 0),"
+            " ('roster', 'carol@example.test', '{\"jid\":\"bob@example.test\",\"subscription\":\"remove\",\"name\":\"bob\"}', 0)"
+        )
+
+    await old.write(legacy)
+    await old.close()
+    monkeypatch.setattr(storage.db, "UPGRADES", UPGRADES)
+
+    db = Database(db_path)
+    await db.open()
+    try:
+        async def read(sql: str) -> list[tuple]:
+            async with db.reader.execute(sql) as cur:
+                return [tuple(r) for r in await cur.fetchall()]
+
+        assert await read("SELECT id, jid, domain FROM users ORDER BY created_at") == [
+            ("a" * 24, "carol@example.test", "example.test"),
+            ("c" * 24, "strasse@example.test", "example.test"),
+            ("d" * 24, "bob@example.test", "example.test"),
+            ("e" * 24, "\u202ebidi@example.test", "example.test"),
+        ]
+        assert await read("SELECT id, from_user_id, to_user_id FROM presence_requests ORDER BY id") == [
+            ("1" * 24, "d" * 24, "a" * 24), ("4" * 24, "a" * 24, "d" * 24),
+        ]
+        assert await read("SELECT user_id FROM tokens") == [("a" * 24,)]
+        assert await read("SELECT subscriber FROM subscriptions") == [("carol@example.test",)]
+        # Whole-item roster rows became one row per direction, in order, after the others.
+        outbox_rows = await read("SELECT kind, recipient, payload FROM outbox ORDER BY id")
+        assert [(k, r, json.loads(p)) for k, r, p in outbox_rows] == [
+            ("message", "carol@example.test", {}),
+            ("roster", "bob@example.test", {"jid": "carol@example.test", "direction": "to", "op": "add", "name": "carol"}),
+            ("roster", "bob@example.test", {"jid": "carol@example.test", "direction": "from", "op": "remove"}),
+            ("roster", "carol@example.test", {"jid": "bob@example.test", "direction": "to", "op": "remove"}),
+            ("roster", "carol@example.test", {"jid": "bob@example.test", "direction": "from", "op": "remove"}),
+        ]
+    finally:
+        await db.close()

@@ -1,0 +1,81 @@
+"""What the service did to users' roster items (table roster_items).
+
+One row per (owner, contact) the service changed: whether it created the item, and
+the directions (`granted`: none/to/from/both) it added for a consent and last
+applied. The outbox dispatcher writes it as roster changes are applied; the roster
+check and `resync` read it (component.rosters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.conn import Conn
+
+
+@dataclass(frozen=True)
+class RosterRecord:
+    owner: str
+    contact: str
+    created: bool
+    granted: str  # none / to / from / both
+    version: int = 0
+
+
+_SELECT = "SELECT owner, contact, created, granted, version FROM roster_items"
+
+
+def _record(row) -> RosterRecord:
+    return RosterRecord(row[0], row[1], bool(row[2]), row[3], row[4])
+
+
+async def get(conn: Conn, owner: str, contact: str) -> RosterRecord | None:
+    async with conn.execute(_SELECT + " WHERE owner = ? AND contact = ?", (owner, contact)) as cur:
+        row = await cur.fetchone()
+    return _record(row) if row else None
+
+
+async def for_owner(conn: Conn, owner: str) -> list[RosterRecord]:
+    async with conn.execute(_SELECT + " WHERE owner = ? ORDER BY contact", (owner,)) as cur:
+        rows = await cur.fetchall()
+    return [_record(r) for r in rows]
+
+
+async def page(conn: Conn, after: tuple[str, str], limit: int) -> list[RosterRecord]:
+    """Records after (owner, contact), in key order (resync walks them all)."""
+    async with conn.execute(
+        _SELECT + " WHERE (owner, contact) > (?, ?) ORDER BY owner, contact LIMIT ?", (*after, limit)
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_record(r) for r in rows]
+
+
+async def mark_created(conn: Conn, owner: str, contact: str, now_ms: int) -> None:
+    """Before the service creates the item: the fact must survive a crash after the set."""
+    await conn.execute(
+        "INSERT INTO roster_items (owner, contact, created, granted, updated_at)"
+        " VALUES (?, ?, 1, 'none', ?)"
+        " ON CONFLICT (owner, contact) DO UPDATE SET created = 1, version = version + 1,"
+        " updated_at = excluded.updated_at",
+        (owner, contact, now_ms),
+    )
+
+
+async def save(conn: Conn, record: RosterRecord, now_ms: int) -> None:
+    """Store what was applied; a record that holds nothing any more is deleted."""
+    if not record.created and record.granted == "none":
+        await conn.execute(
+            "DELETE FROM roster_items WHERE owner = ? AND contact = ?", (record.owner, record.contact)
+        )
+        return
+    await conn.execute(
+        "INSERT INTO roster_items (owner, contact, created, granted, updated_at)"
+        " VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (owner, contact) DO UPDATE SET created = excluded.created,"
+        " granted = excluded.granted, version = version + 1, updated_at = excluded.updated_at",
+        (record.owner, record.contact, int(record.created), record.granted, now_ms),
+    )
+
+
+async def delete(conn: Conn, owner: str, contact: str) -> None:
+    await conn.execute("DELETE FROM roster_items WHERE owner = ? AND contact = ?", (owner, contact))
