@@ -46,8 +46,8 @@ from component.model import (
 from component.notifications import (
     Notification,
     handshake_messages,
-    roster_item,
-    subscription_for,
+    roster_grant,
+    roster_revoke,
 )
 from storage import Conn, Database, outbox, presence_requests, tokens, users
 
@@ -239,8 +239,10 @@ class PresenceSharing:
                 raise WrongState(f"request {request.id} changed meanwhile")
             done = _with_status(request, result, now)
             notes = handshake_messages(done, action, result.value)
-            if cmd.transition in (Transition.ACCEPT, Transition.INTERRUPT):
-                notes += await self._roster_changes(tx, done)
+            if cmd.transition is Transition.ACCEPT:
+                notes += roster_changes(done, granted=True)
+            elif cmd.transition is Transition.INTERRUPT:
+                notes += roster_changes(done, granted=False)
             await write_outbox(tx, notes, now)
             return request, done
 
@@ -289,22 +291,27 @@ class PresenceSharing:
             raise NotFound(f"presence request {request_id} not found")
         return request
 
-    async def _roster_changes(
-        self, tx: Conn, request: PresenceRequest
-    ) -> list[Notification]:
-        """Roster items after accept/interrupt of `request` (sender sees receiver).
+def roster_changes(request: PresenceRequest, granted: bool) -> list[Notification]:
+    """The one direction `request` is about, added (accept) or removed (interrupt, or
+    its end from a client): the sender's item for the receiver gets or loses `to`, the
+    receiver's item for the sender `from`. Everything else in both items (name, groups,
+    the reverse direction) is the users' own and stays (DESIGN "Consent rules")."""
+    sender, receiver = request.from_user, request.to_user
+    if granted:
+        return [roster_grant(sender.jid, receiver.jid, "to"), roster_grant(receiver.jid, sender.jid, "from")]
+    return [roster_revoke(sender.jid, receiver.jid, "to"), roster_revoke(receiver.jid, sender.jid, "from")]
 
-        The sender's item for the receiver has `to` while this direction is
-        accepted; the receiver's item for the sender has `from`. The reverse
-        direction, if accepted, adds the other half (`both`).
-        """
-        sender, receiver = request.from_user, request.to_user
-        forward = request.status is RequestStatus.ACCEPTED
-        reverse = await presence_requests.is_accepted(tx, receiver.id, sender.id)
-        return [
-            roster_item(sender.jid, receiver.jid, subscription_for(forward, reverse)),
-            roster_item(receiver.jid, sender.jid, subscription_for(reverse, forward)),
-        ]
+
+async def end_accepted(
+    tx: Conn, request: PresenceRequest, status: RequestStatus, now: int
+) -> list[Notification]:
+    """End an accepted request as the matching transition would (its direction left a
+    roster in a stock client): deleted, both parties told `delete`/`status`, the
+    direction removed from both rosters. [] if the request is no longer accepted."""
+    if not await presence_requests.delete_in_status(tx, request.id, RequestStatus.ACCEPTED):
+        return []
+    done = _with_status(request, status, now)
+    return handshake_messages(done, "delete", status.value) + roster_changes(done, granted=False)
 
 
 def _with_status(request: PresenceRequest, status: RequestStatus, now: int) -> PresenceRequest:

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from component.errors import BadRequest
+from component.model import normalise_domain, parse_bare_jid
+
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid; the text says which key."""
@@ -27,12 +30,16 @@ class ComponentConfig:
     max_concurrent_iqs: int = 20
     # How long to wait for the server's XEP-0356 advertisement after the handshake.
     privilege_wait_s: float = 3.0
+    # How often the outbox is read even when nothing woke its dispatcher (rows
+    # committed by another process, such as `python -m component resync`).
+    outbox_poll_s: float = 5.0
 
     def served_domains(self) -> frozenset[str]:
+        """The served domains as the server writes them (nameprep)."""
         if self.domains:
-            return frozenset(d.lower() for d in self.domains)
+            return frozenset(normalise_domain(d) for d in self.domains)
         _, _, parent = self.jid.partition(".")
-        return frozenset({parent.lower()})
+        return frozenset({normalise_domain(parent)})
 
 
 @dataclass(frozen=True)
@@ -164,8 +171,18 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError("[component] jid must be a domain such as presence.example.org")
     if not config.component.secret:
         raise ConfigError("[component] secret must not be empty")
-    if not config.component.served_domains():
-        raise ConfigError("[component] domains must name at least one domain")
+    try:
+        if not config.component.served_domains():
+            raise ConfigError("[component] domains must name at least one domain")
+    except BadRequest as exc:
+        raise ConfigError(f"[component] domains: {exc.detail}") from None
+    if config.component.outbox_poll_s <= 0:
+        raise ConfigError("[component] outbox_poll_s must be positive")
+    for admin in config.auth.xmpp_admins:
+        try:
+            parse_bare_jid(admin, "xmpp_admins")
+        except BadRequest:
+            raise ConfigError(f"[auth] xmpp_admins: {admin!r} is not a bare JID") from None
     if config.auth.token_ttl_s <= 0:
         raise ConfigError("[auth] token_ttl_s must be positive")
     if config.smtp.host and not config.smtp.sender:

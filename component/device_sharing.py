@@ -28,6 +28,7 @@ from component.errors import (
     UserNotFound,
 )
 from component.model import (
+    XMPP_EVENT,
     Device,
     DeviceShare,
     InviteCode,
@@ -35,7 +36,9 @@ from component.model import (
     ShareState,
     User,
     UserId,
+    extension_jid,
     is_object_id,
+    jid_domain,
     new_invite_code,
     parse_bare_jid,
     parse_device_id,
@@ -45,10 +48,10 @@ from component.notifications import (
     Notification,
     extension_presence,
     invite_mail,
-    roster_item,
+    roster_grant,
+    roster_revoke,
     sharing_messages,
 )
-from component.subscriptions import XMPP_EVENT, open_subscription
 from storage import Conn, Database, accounts, shares, users
 from storage import mail as mail_outbox
 from storage import subscriptions as subs
@@ -156,14 +159,18 @@ class DeviceSharing:
             email = parse_email(cmd.user, "user")
             return await accounts.user_by_email(tx, email), email
         # app: a user id, a JID of a served domain, or a provisioned e-mail address.
+        found: User | None = None
         if is_object_id(cmd.user):
             found = await users.by_id(tx, UserId(cmd.user))
-        elif "@" in cmd.user and cmd.user.rpartition("@")[2].lower() in self.served_domains:
-            found = await users.get_or_create(tx, parse_bare_jid(cmd.user, "user"), now)
         elif "@" in cmd.user:
-            found = await accounts.user_by_email(tx, parse_email(cmd.user, "user"))
-        else:
-            found = None
+            try:
+                jid = parse_bare_jid(cmd.user, "user")
+            except BadRequest:
+                jid = None
+            if jid is not None and jid_domain(jid) in self.served_domains:
+                found = await users.get_or_create(tx, jid, now)
+            else:
+                found = await accounts.user_by_email(tx, parse_email(cmd.user, "user"))
         if found is None:
             raise UserNotFound(f"user {cmd.user} not found")
         return found, None
@@ -203,7 +210,7 @@ class DeviceSharing:
                 raise ShareNotUsable("the share changed meanwhile")
             notes = sharing_messages(done, "update")
             if outcome is ShareState.ACCEPT:
-                notes += await self._grant(tx, done, device, now)
+                notes += await grant_access(tx, done, device, self.settings.component_jid, now)
             await write_outbox(tx, notes, now)
             return share, done
 
@@ -240,7 +247,8 @@ class DeviceSharing:
                 raise ShareNotUsable("the share changed meanwhile")
             notes = sharing_messages(done, "update")
             if state is ShareState.ACCEPT:
-                notes += await self._revoke(tx, done, now)
+                device = await accounts.device_by_id(tx, share.device_id)
+                notes += await revoke_access(tx, done, device, self.settings.component_jid, now)
             await write_outbox(tx, notes, now)
             return share, state, done
 
@@ -275,38 +283,6 @@ class DeviceSharing:
         await shares.update_state(tx, share.invite_code, ShareState.PENDING, ShareState.OVERTIME, now)
         await write_outbox(tx, sharing_messages(share, "update", ShareState.OVERTIME.value), now)
         return ShareNotUsable("the share has expired")
-
-    async def _grant(
-        self, tx: Conn, share: DeviceShare, device: Device, now: int
-    ) -> list[Notification]:
-        """The accepted user gets the device's presence: roster item, subscription, state."""
-        assert share.to_user is not None
-        account = await accounts.get_account(tx, device.account_id)
-        assert account is not None
-        user = share.to_user
-        _, _, state_note = await open_subscription(
-            tx, account.realm, device.extension, user.jid, now
-        )
-        ext_jid = f"{device.extension}@{self.settings.component_jid}"
-        return [roster_item(user.jid, ext_jid, "to", device.name), state_note]
-
-    async def _revoke(self, tx: Conn, share: DeviceShare, now: int) -> list[Notification]:
-        """Undo `_grant`: the roster item and the subscription go, presence ends."""
-        assert share.to_user is not None
-        device = await accounts.device_by_id(tx, share.device_id)
-        if device is None:
-            return []
-        if await shares.count_accepted(tx, share.device_id, share.to_user.id):
-            return []  # another accepted share of this device still grants the user access
-        account = await accounts.get_account(tx, device.account_id)
-        assert account is not None
-        user = share.to_user
-        await subs.remove(tx, account.realm, device.extension, XMPP_EVENT, user.jid)
-        ext_jid = f"{device.extension}@{self.settings.component_jid}"
-        return [
-            extension_presence(user.jid, device.extension, None, presence_type="unavailable"),
-            roster_item(user.jid, ext_jid, "remove"),
-        ]
 
     # ---- reads and history -------------------------------------------------------
 
@@ -368,6 +344,95 @@ class DeviceSharing:
                 log.exception("device share sweeper failed; retrying next round")
             await asyncio.sleep(interval_s)
 
+
+
+# ---- access: what an accepted share gives, and what takes it away --------------------------
+
+
+async def grant_access(
+    tx: Conn, share: DeviceShare, device: Device, component_jid: str, now: int
+) -> list[Notification]:
+    """The accepted user gets the device's presence: a subscription in the device's
+    account (whatever the user's own domain: cross-realm shares are keyed by the
+    device), `to` on the roster item for the extension JID (named after the device),
+    and the current state."""
+    assert share.to_user is not None
+    account = await accounts.get_account(tx, device.account_id)
+    assert account is not None
+    user = share.to_user
+    # One extension JID shows one presence: a subscription to the same JID in another
+    # realm would mix two extensions' states, so this one replaces it.
+    for other in await subs.of_subscriber(tx, device.extension, XMPP_EVENT, user.jid):
+        if other.realm != account.realm:
+            await subs.remove(tx, other.realm, other.extension, other.event, user.jid)
+    found, _, state = await subs.open_subscription(
+        tx, account.realm, device.extension, XMPP_EVENT, user.jid, now
+    )
+    return [
+        roster_grant(user.jid, extension_jid(device.extension, component_jid), "to", device.name),
+        extension_presence(user.jid, device.extension, state.value, found.notify_sequence),
+    ]
+
+
+async def revoke_access(
+    tx: Conn, share: DeviceShare, device: Device | None, component_jid: str, now: int
+) -> list[Notification]:
+    """Undo `grant_access` once the user holds no accepted share of the device: the
+    subscription goes, presence ends (`unavailable`), the roster item loses `to`."""
+    assert share.to_user is not None
+    if device is None:
+        return []
+    if await shares.count_accepted(tx, device.id, share.to_user.id):
+        return []  # another accepted share of this device still grants the user access
+    account = await accounts.get_account(tx, device.account_id)
+    assert account is not None
+    user = share.to_user
+    await subs.remove(tx, account.realm, device.extension, XMPP_EVENT, user.jid)
+    return [
+        extension_presence(user.jid, device.extension, None, presence_type="unavailable"),
+        roster_revoke(user.jid, extension_jid(device.extension, component_jid), "to"),
+    ]
+
+
+async def end_device_shares(
+    tx: Conn, device: Device, component_jid: str, now: int
+) -> list[Notification]:
+    """The device is being deleted, or loses its manager (DESIGN "Deleting ends
+    access"): its pending and accepted shares turn `invalid`, both parties are told,
+    and every accepted one's access is revoked. Call before deleting the device."""
+    live = await shares.live_for_device(tx, device.id)
+    notes: list[Notification] = []
+    for share in live:
+        await shares.update_state(tx, share.invite_code, share.state, ShareState.INVALID, now)
+        notes += sharing_messages(share, "update", ShareState.INVALID.value)
+    revoked = {s.to_user.id: s for s in live if s.state is ShareState.ACCEPT and s.to_user}
+    for share in revoked.values():
+        notes += await revoke_access(tx, share, device, component_jid, now)
+    if live:
+        log.info(
+            "device %s: %d share(s) made invalid, access revoked for %d user(s)",
+            device.id, len(live), len(revoked),
+        )
+    return notes
+
+
+# Why a share ended when the invitee dropped the device from a stock XMPP client.
+ENDED_BY_INVITEE = "ended by the invited user from an XMPP client"
+
+
+async def end_share_by_invitee(
+    tx: Conn, share: DeviceShare, component_jid: str, now: int
+) -> list[Notification]:
+    """The invitee unsubscribed from the device or removed it from its roster: the
+    accepted share ends (`cancel`, with a reason saying so), both parties are told and
+    the access goes, as a cancel would. [] if the share is no longer accepted."""
+    if not await shares.update_state(
+        tx, share.invite_code, ShareState.ACCEPT, ShareState.CANCEL, now, None, ENDED_BY_INVITEE
+    ):
+        return []
+    done = replace(share, state=ShareState.CANCEL, reason=ENDED_BY_INVITEE, updated_at=now)
+    device = await accounts.device_by_id(tx, share.device_id)
+    return sharing_messages(done, "update") + await revoke_access(tx, done, device, component_jid, now)
 
 
 def not_answerable(state: ShareState) -> DomainError:

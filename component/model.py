@@ -1,16 +1,20 @@
 """Domain types shared by every layer: identifiers, users and presence requests.
 
-Nothing here knows about XMPP libraries, HTTP or SQL.
+Nothing here knows about XMPP streams, HTTP or SQL (JIDs are normalised with
+slixmpp's stringprep implementation: see `parse_bare_jid`).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, NewType, TypeVar
+
+# The JID parser the server's stringprep profiles need (see parse_bare_jid): a pure
+# string function, the one piece of the XMPP library the domain model uses.
+from slixmpp.jid import JID, InvalidJID
 
 from component.errors import BadRequest
 
@@ -19,13 +23,8 @@ RequestId = NewType("RequestId", str)
 BareJid = NewType("BareJid", str)
 
 _HEX24 = re.compile(r"[0-9a-f]{24}")
-# RFC 7622 section 3.3.1: characters a localpart may not contain.
-_LOCALPART_FORBIDDEN = set("\"&'/:<>@") | {" ", "\t", "\r", "\n"}
-# Controls, surrogates, unassigned code points (U+FFFE, U+FFFF...) and spaces: PRECIS
-# disallows them in a localpart (RFC 7613), and a control character is not even XML,
-# so a JID with one would make the server close the component's stream.
-_LOCALPART_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Cn", "Zs", "Zl", "Zp"})
-_DOMAIN_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# Longest JID text we try to parse (RFC 7622 section 3.1: each part at most 1023 bytes).
+_MAX_JID = 3071
 
 
 def new_object_id() -> str:
@@ -50,27 +49,38 @@ def parse_request_id(value: object, field: str = "presenceReqId") -> RequestId:
 
 
 def parse_bare_jid(value: object, field: str = "jid") -> BareJid:
-    """Normalise a bare JID (localpart@domain), refusing full JIDs and malformed input.
+    """Normalise a bare JID (localpart@domain) exactly as the XMPP server does.
 
-    The localpart is case-folded after NFKC, which matches what servers' nodeprep/
-    PRECIS profiles do for every practical account name.
+    One account, one identity (DESIGN "Consent rules"): Prosody 0.12 and ejabberd
+    apply the RFC 3920/6122 stringprep profiles (nodeprep for the localpart, nameprep
+    for the domain), and so does `slixmpp.JID`, whose implementation this uses. What
+    they map we map the same way (U+200B, U+00AD, U+FEFF vanish, `Straße` becomes
+    `strasse`, full-width letters become ASCII); what they refuse (bidi controls,
+    symbols outside the profile, spaces, control characters) is refused here with
+    BadRequest. Full JIDs (with a resource) are refused: accounts are bare JIDs.
     """
-    if not isinstance(value, str) or not value or len(value) > 2047:
-        raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
-    text = unicodedata.normalize("NFKC", value.strip()).lower()
-    local, sep, domain = text.partition("@")
-    if not sep or not local or "/" in domain or len(local) > 1023:
-        raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
-    if any(
-        ch in _LOCALPART_FORBIDDEN or unicodedata.category(ch) in _LOCALPART_BAD_CATEGORIES
-        for ch in local
-    ):
-        raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
-    domain = domain.rstrip(".")
-    labels = domain.split(".")
-    if len(domain) > 253 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
-        raise BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
-    return BareJid(f"{local}@{domain}")
+    refusal = BadRequest(f"{field} must be a bare JID such as user@example.org", field, "pattern")
+    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_JID:
+        raise refusal
+    try:
+        jid = JID(value.strip())
+    except InvalidJID:
+        raise refusal from None
+    if not jid.user or jid.resource:
+        raise refusal
+    # RFC 7622 section 3.2: a trailing dot is not part of the domain.
+    domain = jid.domain.rstrip(".")
+    if not domain:
+        raise refusal
+    return BareJid(f"{jid.user}@{domain}")
+
+
+def normalise_domain(value: str) -> str:
+    """A domain as the server writes it (nameprep), for comparing with served domains."""
+    try:
+        return JID(value.strip()).domain.rstrip(".")
+    except InvalidJID:
+        raise BadRequest(f"{value!r} is not a valid XMPP domain") from None
 
 
 def jid_domain(jid: BareJid) -> str:
@@ -197,6 +207,15 @@ class Device:
     def extension(self) -> str:
         """Kazoo: the device's presence_id if present, otherwise its SIP username."""
         return (self.presence_id or self.sip_username).lower()
+
+
+# The Kazoo event name of presence subscriptions made over XMPP (and by device shares).
+XMPP_EVENT = "presence"
+
+
+def extension_jid(extension: str, component_jid: str) -> str:
+    """`{extension}@{component}`: the JID an extension's presence comes from."""
+    return f"{extension}@{component_jid}"
 
 
 @dataclass(frozen=True)

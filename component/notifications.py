@@ -4,8 +4,10 @@ The outbox dispatcher turns these into stanzas:
 - kind 'message': the management message of the Rainbow API, sent from the
   component's JID to one party: `<message type='management'><presencehandshake
   xmlns='jabber:iq:configuration' id action type status/></message>`.
-- kind 'roster': one roster item to set in the recipient's roster through
-  XEP-0356 (`subscription='remove'` deletes it).
+- kind 'roster': one direction of one item in the recipient's roster, added or
+  removed (`{"jid", "direction": "to"|"from", "op": "add"|"remove", "name"?}`). The
+  dispatcher reads the item first and changes only that direction, keeping the
+  user's name, groups and other direction (component.rosters).
 """
 
 from __future__ import annotations
@@ -38,27 +40,21 @@ def handshake_messages(request: PresenceRequest, action: str, status: str) -> li
     ]
 
 
-def roster_item(
-    owner: BareJid, contact: str, subscription: str, name: str | None = None
-) -> Notification:
-    """Set `contact` in `owner`'s roster with `subscription` (to/from/both/remove),
-    named `name` (default: the contact's localpart)."""
+def roster_grant(owner: BareJid, contact: str, direction: str, name: str | None = None) -> Notification:
+    """Add `direction` (to: `owner` sees `contact`; from: `contact` sees `owner`) to the
+    item for `contact` in `owner`'s roster; a new item is named `name` (default: the
+    contact's localpart)."""
     return Notification(
         ROSTER,
         owner,
-        {"jid": contact, "subscription": subscription, "name": name or contact.partition("@")[0]},
+        {"jid": contact, "direction": direction, "op": "add", "name": name or contact.partition("@")[0]},
     )
 
 
-def subscription_for(sees_contact: bool, seen_by_contact: bool) -> str:
-    """RFC 6121 section 2.1.2.5: the owner's subscription to a contact."""
-    if sees_contact and seen_by_contact:
-        return "both"
-    if sees_contact:
-        return "to"
-    if seen_by_contact:
-        return "from"
-    return "remove"
+def roster_revoke(owner: BareJid, contact: str, direction: str) -> Notification:
+    """Remove `direction` from the item for `contact` in `owner`'s roster (the item goes
+    too if the service created it and no direction is left)."""
+    return Notification(ROSTER, owner, {"jid": contact, "direction": direction, "op": "remove"})
 
 
 # ---- family 2: presence of extensions --------------------------------------------

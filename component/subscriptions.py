@@ -1,66 +1,80 @@
 """Family 2: presence subscriptions to extensions, and their presence state.
 
 An XMPP user subscribes to `{extension}@{component}` with an ordinary presence
-subscription; the extension belongs to the realm (account) of the subscriber's
-domain. Setting or resetting a state persists it and notifies every subscriber,
-through the outbox, in one transaction.
+subscription. The extension is the one of the realm (account) of the subscriber's
+domain, unless the subscriber already watches that JID in another realm (a device
+shared across served domains is keyed by the device's account). A device with a
+manager is watched by invitation only (DESIGN "Consent rules"). Setting or
+resetting a state persists it and notifies every subscriber, through the outbox,
+in one transaction.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
-
 from component.actions import write_outbox
 from component.clock import Clock
 from component.commands import Principal, StateChange
+from component.device_sharing import end_share_by_invitee
 from component.errors import BadRequest, Forbidden, NotFound
 from component.model import (
+    XMPP_EVENT,
     Account,
     AccountId,
     BareJid,
     DeviceId,
+    DeviceShare,
     PresenceState,
     Subscription,
-    SubscriptionId,
+    User,
     UserId,
     jid_domain,
-    new_account_id,
     parse_extension,
 )
 from component.notifications import Notification, extension_presence
 from component.provisioning import Provisioning, require_admin
-from storage import Conn, Database, accounts
+from storage import Conn, Database, accounts, shares, users
 from storage import subscriptions as subs
 
 log = logging.getLogger(__name__)
 
-XMPP_EVENT = "presence"  # the Kazoo event name of subscriptions made over XMPP
+__all__ = ["XMPP_EVENT", "PresenceStates", "held_shares", "subscriptions_of"]
 
 
-async def open_subscription(
-    tx: Conn, realm: str, extension: str, subscriber: BareJid, now: int
-) -> tuple[Subscription, bool, Notification]:
-    """Record (or confirm) `subscriber`'s subscription to the extension, counting the
-    state notification it is owed now.
+async def subscriptions_of(conn: Conn, subscriber: BareJid, extension: str) -> list[Subscription]:
+    """The subscriber's subscriptions to `{extension}@{component}`, its own realm first."""
+    found = await subs.of_subscriber(conn, extension, XMPP_EVENT, subscriber)
+    own = jid_domain(subscriber)
+    return sorted(found, key=lambda s: s.realm != own)
 
-    Returns the subscription as stored, whether it is new, and that state presence
-    (for the caller to put in the outbox after whatever must precede it).
-    """
-    created = await subs.add(
-        tx,
-        Subscription(
-            SubscriptionId(new_account_id()), realm, extension, XMPP_EVENT, subscriber,
-            now, 0, None, 1,
-        ),
-    )
-    found = await subs.find(tx, realm, extension, XMPP_EVENT, subscriber)
-    assert found is not None
-    state = await subs.state_of(tx, realm, extension)
-    sequence = await subs.record_notification(tx, found.id, state.value)
-    found = replace(found, notify_sequence=sequence, notify_body=state.value)
-    return found, created, extension_presence(subscriber, extension, state.value, sequence)
+
+async def held_shares(conn: Conn, user: User, extension: str) -> list[tuple[DeviceShare, str]]:
+    """Accepted shares the user holds of devices with this extension, with each
+    device's realm."""
+    held = []
+    for share in await shares.held_by(conn, user.id):
+        device = await accounts.device_by_id(conn, share.device_id)
+        if device is not None and device.extension == extension:
+            account = await accounts.get_account(conn, device.account_id)
+            if account is not None:
+                held.append((share, account.realm))
+    return held
+
+
+async def may_watch(conn: Conn, realm: str, extension: str, user: User | None) -> bool:
+    """DESIGN "Managed devices need an invitation": a device with a manager is watched
+    by its manager and by holders of an accepted share only; other extensions
+    (parking slots, BLF keys) are open to the users of their realm, as in Kazoo."""
+    managed = [d for d in await accounts.devices_with_extension(conn, realm, extension) if d.owner_id]
+    if not managed:
+        return True
+    if user is None:
+        return False
+    for device in managed:
+        if device.owner_id == user.id or await shares.count_accepted(conn, device.id, user.id):
+            return True
+    return False
 
 
 class PresenceStates:
@@ -71,36 +85,44 @@ class PresenceStates:
         served_domains: frozenset[str],
         provisioning: Provisioning,
         on_commit: Callable[[], None] = lambda: None,
+        component_jid: str = "",
     ) -> None:
         self.db = db
         self.clock = clock
         self.served_domains = served_domains
         self.provisioning = provisioning
         self.on_commit = on_commit
+        self.component_jid = component_jid or provisioning.component_jid
 
     # ---- subscriptions over XMPP --------------------------------------------------
 
-    def _realm_of(self, subscriber: BareJid) -> str:
-        realm = jid_domain(subscriber)
-        if realm not in self.served_domains:
-            raise Forbidden(f"users of {realm} are not served here")
-        return realm
+    def _check_served(self, subscriber: BareJid) -> None:
+        if jid_domain(subscriber) not in self.served_domains:
+            raise Forbidden(f"users of {jid_domain(subscriber)} are not served here")
 
     async def subscribe(self, subscriber: BareJid, extension: str) -> Subscription:
-        """Record (or confirm) a subscription; the subscriber gets `subscribed`, then the state."""
-        realm = self._realm_of(subscriber)
+        """Record (or confirm) a subscription; the subscriber gets `subscribed`, then the
+        state. Refused (Forbidden: the adapter answers `unsubscribed`, nothing is
+        recorded) for a managed device the subscriber was not invited to."""
+        self._check_served(subscriber)
         extension = parse_extension(extension)
         now = self.clock.now_ms()
 
         async def record(tx: Conn) -> tuple[Subscription, bool]:
-            found, created, state_note = await open_subscription(
-                tx, realm, extension, subscriber, now
+            user = await users.by_jid(tx, subscriber)
+            realm = await self._realm_for(tx, subscriber, user, extension)
+            if not await may_watch(tx, realm, extension, user):
+                raise Forbidden(
+                    f"extension {extension} is a managed device: it is shared by invitation only"
+                )
+            found, created, state = await subs.open_subscription(
+                tx, realm, extension, XMPP_EVENT, subscriber, now
             )
             await write_outbox(
                 tx,
                 [
                     extension_presence(subscriber, extension, None, presence_type="subscribed"),
-                    state_note,
+                    extension_presence(subscriber, extension, state.value, found.notify_sequence),
                 ],
                 now,
             )
@@ -109,42 +131,69 @@ class PresenceStates:
         found, created = await self.db.write(record)
         log.info(
             "subscription %s %s: %s to extension %s (realm %s)",
-            found.id, "created" if created else "confirmed", subscriber, extension, realm,
+            found.id, "created" if created else "confirmed", subscriber, extension, found.realm,
         )
         self.on_commit()
         return found
 
+    async def _realm_for(
+        self, conn: Conn, subscriber: BareJid, user: User | None, extension: str
+    ) -> str:
+        """Which realm's extension a subscribe is for: the one the subscriber already
+        watches under this JID, else the realm of a device with this extension shared
+        with it, else its own realm."""
+        existing = await subscriptions_of(conn, subscriber, extension)
+        if existing:
+            return existing[0].realm
+        if user is not None:
+            held = await held_shares(conn, user, extension)
+            if held:
+                return held[0][1]
+        return jid_domain(subscriber)
+
     async def unsubscribe(self, subscriber: BareJid, extension: str) -> bool:
-        """Forget the subscription; the subscriber gets `unavailable` from the extension."""
-        realm = self._realm_of(subscriber)
+        """Forget the subscription; the subscriber gets `unavailable` from the extension.
+        A subscription an accepted share gave ends that share, as the invitee's choice
+        (DESIGN "Consent ends from either side")."""
+        self._check_served(subscriber)
         extension = parse_extension(extension)
         now = self.clock.now_ms()
 
-        async def forget(tx: Conn) -> bool:
-            removed = await subs.remove(tx, realm, extension, XMPP_EVENT, subscriber)
-            if removed:
-                await write_outbox(
-                    tx,
-                    [extension_presence(subscriber, extension, None, presence_type="unavailable")],
-                    now,
-                )
+        async def forget(tx: Conn) -> int:
+            user = await users.by_jid(tx, subscriber)
+            held = await held_shares(tx, user, extension) if user is not None else []
+            notes: list[Notification] = []
+            removed = 0
+            for share, _realm in held:
+                ended = await end_share_by_invitee(tx, share, self.component_jid, now)
+                notes += ended
+                removed += bool(ended)
+            shared_realms = {realm for _, realm in held}
+            for found in await subscriptions_of(tx, subscriber, extension):
+                if found.realm in shared_realms:
+                    continue  # gone with the share
+                await subs.remove(tx, found.realm, extension, XMPP_EVENT, subscriber)
+                notes.append(extension_presence(subscriber, extension, None, presence_type="unavailable"))
+                removed += 1
+            await write_outbox(tx, notes, now)
             return removed
 
         removed = await self.db.write(forget)
         if removed:
-            log.info("subscription removed: %s from extension %s (realm %s)", subscriber, extension, realm)
+            log.info("subscription removed: %s from extension %s", subscriber, extension)
             self.on_commit()
-        return removed
+        return removed > 0
 
     async def probe(self, subscriber: BareJid, extension: str) -> PresenceState | None:
         """The extension's state for a subscriber's probe; None if not subscribed."""
-        realm = self._realm_of(subscriber)
+        self._check_served(subscriber)
         extension = parse_extension(extension)
 
         async def state(conn: Conn) -> PresenceState | None:
-            if await subs.find(conn, realm, extension, XMPP_EVENT, subscriber) is None:
+            found = await subscriptions_of(conn, subscriber, extension)
+            if not found:
                 return None
-            return await subs.state_of(conn, realm, extension)
+            return await subs.state_of(conn, found[0].realm, extension)
 
         return await self.db.read(state)
 

@@ -43,6 +43,7 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/v2/accounts", put_account)
     r.add_get("/v2/accounts", list_accounts)
     r.add_get(A, get_account)
+    r.add_delete(A, delete_account)
     r.add_put(f"{A}/users", put_user)
     r.add_get(f"{A}/users", list_users)
     r.add_get(f"{A}/users/{{user_id}}", get_user)
@@ -164,6 +165,12 @@ async def list_accounts(request: web.Request) -> web.Response:
 async def get_account(request: web.Request) -> web.Response:
     caller = await principal(request)
     account = await _family2(request).provisioning.account(caller, _account_id(request))
+    return kazoo_envelope(request, account_json(account))
+
+
+async def delete_account(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    account = await _family2(request).provisioning.delete_account(caller, _account_id(request))
     return kazoo_envelope(request, account_json(account))
 
 

@@ -59,8 +59,8 @@ def sharing(db: Database, clock: FixedClock, commits: CommitCounter) -> Presence
 
 
 @pytest.fixture
-def provisioning(db: Database, clock: FixedClock) -> Provisioning:
-    return Provisioning(db, clock, SERVED)
+def provisioning(db: Database, clock: FixedClock, commits: CommitCounter) -> Provisioning:
+    return Provisioning(db, clock, SERVED, "presence.example.test", on_commit=commits)
 
 
 @pytest.fixture

@@ -47,8 +47,12 @@ def message(recipient: str, request_id: str, action: str, side: str, status: str
     )
 
 
-def roster(owner: str, contact: str, subscription: str) -> tuple[str, str, dict[str, Any]]:
-    return ("roster", owner, {"jid": contact, "subscription": subscription, "name": contact.split("@")[0]})
+def roster(owner: str, contact: str, direction: str, op: str = "add") -> tuple[str, str, dict[str, Any]]:
+    """One direction of one roster item, added (named after the contact) or removed."""
+    payload: dict[str, Any] = {"jid": contact, "direction": direction, "op": op}
+    if op == "add":
+        payload["name"] = contact.split("@")[0]
+    return ("roster", owner, payload)
 
 
 async def ask(sharing: PresenceSharing, sender: User, receiver: User) -> PresenceRequest:
@@ -281,9 +285,11 @@ async def test_accept_marks_the_request_and_grants_roster_subscriptions(
     assert commits.count == 2
 
 
-async def test_accept_upgrades_both_rosters_to_both_when_the_reverse_is_accepted(
+async def test_accept_adds_only_its_direction_when_the_reverse_is_accepted(
     sharing: PresenceSharing, db: Database, alice: User, bob: User
 ) -> None:
+    """The reverse direction is already in both items; this accept adds its own (the
+    dispatcher merges it into what the item holds: `both`)."""
     reverse = await ask(sharing, bob, alice)
     await move(sharing, alice, reverse, Transition.ACCEPT)
     request = await ask(sharing, alice, bob)
@@ -292,8 +298,8 @@ async def test_accept_upgrades_both_rosters_to_both_when_the_reverse_is_accepted
     assert await outbox_rows(db) == [
         message("alice@example.test", request.id, "update", "sent", "accepted"),
         message("bob@example.test", request.id, "update", "received", "accepted"),
-        roster("alice@example.test", "bob@example.test", "both"),
-        roster("bob@example.test", "alice@example.test", "both"),
+        roster("alice@example.test", "bob@example.test", "to"),
+        roster("bob@example.test", "alice@example.test", "from"),
     ]
 
 
@@ -327,7 +333,7 @@ async def test_cancel_deletes_the_request_and_tells_both_parties(
     ]
 
 
-async def test_interrupt_deletes_the_request_and_removes_the_roster_items(
+async def test_interrupt_deletes_the_request_and_removes_its_direction(
     sharing: PresenceSharing, db: Database, alice: User, bob: User
 ) -> None:
     request = await ask(sharing, alice, bob)
@@ -339,8 +345,8 @@ async def test_interrupt_deletes_the_request_and_removes_the_roster_items(
     assert await outbox_rows(db) == [
         message("alice@example.test", request.id, "delete", "sent", "interrupted"),
         message("bob@example.test", request.id, "delete", "received", "interrupted"),
-        roster("alice@example.test", "bob@example.test", "remove"),
-        roster("bob@example.test", "alice@example.test", "remove"),
+        roster("alice@example.test", "bob@example.test", "to", "remove"),
+        roster("bob@example.test", "alice@example.test", "from", "remove"),
     ]
 
 
@@ -356,9 +362,9 @@ async def test_interrupt_keeps_the_reverse_direction(
     assert await outbox_rows(db) == [
         message("alice@example.test", request.id, "delete", "sent", "interrupted"),
         message("bob@example.test", request.id, "delete", "received", "interrupted"),
-        # alice no longer sees bob but is still seen by him; bob still sees alice.
-        roster("alice@example.test", "bob@example.test", "from"),
-        roster("bob@example.test", "alice@example.test", "to"),
+        # alice no longer sees bob; only that direction goes, bob still sees alice.
+        roster("alice@example.test", "bob@example.test", "to", "remove"),
+        roster("bob@example.test", "alice@example.test", "from", "remove"),
     ]
     assert [(row[0], row[3]) for row in await request_rows(db)] == [(reverse.id, "accepted")]
 

@@ -477,7 +477,7 @@ async def test_accept_gives_the_user_the_devices_presence(
     assert await state_of(db, created.invite_code) == ("accept", home.bob.id, None, now)
     assert await outbox_rows(db) == [
         *both(created, "update", "accept"),
-        ("roster", "bob@example.test", {"jid": f"1001@{COMPONENT}", "subscription": "to", "name": "Hall phone"}),
+        ("roster", "bob@example.test", {"jid": f"1001@{COMPONENT}", "direction": "to", "op": "add", "name": "Hall phone"}),
         ("presence", "bob@example.test", {"extension": "1001", "state": "terminated", "sequence": 1}),
     ]
     assert await subscription_rows(db) == [
@@ -540,7 +540,7 @@ async def test_a_code_share_goes_to_the_first_who_answers(
     assert await state_of(db, created.invite_code) == ("accept", home.carol.id, None, START)
     assert await outbox_rows(db) == [
         *both(created, "update", "accept", to=home.carol),
-        ("roster", "carol@example.test", {"jid": f"1001@{COMPONENT}", "subscription": "to", "name": "Hall phone"}),
+        ("roster", "carol@example.test", {"jid": f"1001@{COMPONENT}", "direction": "to", "op": "add", "name": "Hall phone"}),
         ("presence", "carol@example.test", {"extension": "1001", "state": "terminated", "sequence": 1}),
     ]
     # The code is now carol's. Another holder of a QR code learns why it no longer works;
@@ -708,22 +708,23 @@ async def test_sweep_works_in_batches(device_sharing: DeviceSharing, home: Home,
 
 
 @pytest.mark.parametrize("change", ["device-deleted", "manager-removed"])
-async def test_a_share_whose_device_changed_is_invalid(
+async def test_deleting_the_device_or_its_manager_invalidates_its_pending_shares(
     device_sharing: DeviceSharing, home: Home, db: Database, provisioning: Provisioning, clock: FixedClock,
     change: str,
 ) -> None:
+    """DESIGN "Deleting ends access": at once, in the delete's transaction, both told."""
     created = await share_app(device_sharing, home)
     await clear_outbox(db)
     if change == "device-deleted":
         await provisioning.delete_device(Principal(None), home.account.id, home.hall.id)
     else:
         await provisioning.delete_user(Principal(None), home.account.id, home.alice.id)
+    assert await state_of(db, created.invite_code) == ("invalid", home.bob.id, None, START)
+    assert await outbox_rows(db) == both(created, "update", "invalid")
     clock.advance(1_000)
     with pytest.raises(ShareNotUsable) as exc:
         await device_sharing.accept(answer(home.bob, created.invite_code))
     assert code_of(exc) == 4031012
-    assert await state_of(db, created.invite_code) == ("invalid", home.bob.id, None, START + 1_000)
-    assert await outbox_rows(db) == both(created, "update", "invalid")
     assert await subscription_rows(db) == []
     for act in (device_sharing.accept, device_sharing.deny):
         with pytest.raises(ShareNotUsable):
@@ -767,7 +768,7 @@ async def test_cancelling_an_accepted_share_revokes_access(
     assert await outbox_rows(db) == [
         *both(created, "update", "cancel"),
         ("presence", "bob@example.test", {"extension": "1001", "type": "unavailable"}),
-        ("roster", "bob@example.test", {"jid": f"1001@{COMPONENT}", "subscription": "remove", "name": "1001"}),
+        ("roster", "bob@example.test", {"jid": f"1001@{COMPONENT}", "direction": "to", "op": "remove"}),
     ]
     assert await subscription_rows(db) == []
     assert await states.listing(Principal(None), home.account.id) == []
@@ -783,7 +784,7 @@ async def test_a_code_share_accepted_then_cancelled_revokes_the_acceptor(
     assert await outbox_rows(db) == [
         *both(created, "update", "cancel", to=home.carol),
         ("presence", "carol@example.test", {"extension": "1001", "type": "unavailable"}),
-        ("roster", "carol@example.test", {"jid": f"1001@{COMPONENT}", "subscription": "remove", "name": "1001"}),
+        ("roster", "carol@example.test", {"jid": f"1001@{COMPONENT}", "direction": "to", "op": "remove"}),
     ]
     assert await subscription_rows(db) == []
 
@@ -805,7 +806,7 @@ async def test_cancelling_one_of_two_accepted_shares_keeps_access(
     assert await outbox_rows(db) == [
         *both(second, "update", "cancel"),
         ("presence", "bob@example.test", {"extension": "1001", "type": "unavailable"}),
-        ("roster", "bob@example.test", {"jid": f"1001@{COMPONENT}", "subscription": "remove", "name": "1001"}),
+        ("roster", "bob@example.test", {"jid": f"1001@{COMPONENT}", "direction": "to", "op": "remove"}),
     ]
     assert await subscription_rows(db) == []
 

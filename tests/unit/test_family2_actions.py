@@ -34,7 +34,7 @@ from component.model import (
 )
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
-from storage import Database
+from storage import Database, users
 from unit_rig import CommitCounter, clear_outbox, outbox_rows
 
 START = FixedClock().now_ms()
@@ -42,6 +42,7 @@ ADMIN = Principal(None)
 TWO_REALMS = frozenset({"example.test", "other.test"})
 ALICE = BareJid("alice@example.test")
 BOB = BareJid("bob@example.test")
+CAROL = BareJid("carol@example.test")
 
 
 # ---- rigs -------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ BOB = BareJid("bob@example.test")
 @pytest.fixture
 def wide_provisioning(db: Database, clock: FixedClock) -> Provisioning:
     """Provisioning serving two XMPP domains (two accounts can exist)."""
-    return Provisioning(db, clock, TWO_REALMS)
+    return Provisioning(db, clock, TWO_REALMS, "presence.example.test")
 
 
 @pytest.fixture
@@ -203,17 +204,17 @@ async def test_a_user_is_provisioned_once(provisioning: Provisioning, account: A
     assert await rows(db, "SELECT user_id, presence_id FROM account_users") == [(first.user.id, None)]
 
 
-async def test_deleting_a_user_unprovisions_it_and_keeps_the_user(
+async def test_deleting_a_user_unprovisions_it_and_keeps_the_member(
     provisioning: Provisioning, account: Account, db: Database
 ) -> None:
-    provisioned = await provisioning.create_user(ADMIN, account.id, CreateAccountUser("alice"))
+    """The Kazoo fields go; the user stays a member of the realm (membership is by domain)."""
+    provisioned = await provisioning.create_user(ADMIN, account.id, CreateAccountUser("alice", "9", "a@mail.test"))
     assert await provisioning.delete_user(ADMIN, account.id, provisioned.user.id) == provisioned
     assert await rows(db, "SELECT user_id FROM account_users") == []
     assert await rows(db, "SELECT id, jid FROM users") == [(provisioned.user.id, "alice@example.test")]
-    with pytest.raises(NotFound):
-        await provisioning.user(ADMIN, account.id, provisioned.user.id)
-    with pytest.raises(NotFound):
-        await provisioning.delete_user(ADMIN, account.id, provisioned.user.id)
+    member = AccountUser(provisioned.user, account.id, "alice", None, None)
+    assert await provisioning.user(ADMIN, account.id, provisioned.user.id) == member
+    assert await provisioning.delete_user(ADMIN, account.id, provisioned.user.id) == member
 
 
 async def test_users_are_written_by_the_admin_only(
@@ -276,13 +277,28 @@ async def test_a_device_is_stored_lowercased_and_its_extension_is_presence_id_el
     assert await provisioning.device(ADMIN, account.id, phone.id) == phone
 
 
-async def test_a_device_owner_must_be_a_user_of_the_account(
+async def test_a_device_owner_may_be_any_user_of_the_realm(
     provisioning: Provisioning, account: Account, alice: User, db: Database
 ) -> None:
-    # alice exists (family 1) but is not provisioned in the account.
-    with pytest.raises(NotFound) as exc:
-        await provisioning.create_device(ADMIN, account.id, CreateDevice("Desk", "101", None, alice.id))
-    assert refusal(exc) == ("owner_id", "exists")
+    """DESIGN "Realm membership is by domain": alice logged in (family 1) but was never
+    provisioned; she is a member of example.test's account all the same."""
+    desk = await provisioning.create_device(ADMIN, account.id, CreateDevice("Desk", "101", None, alice.id))
+    assert desk.owner_id == alice.id
+    assert await provisioning.user(ADMIN, account.id, alice.id) == AccountUser(alice, account.id, "alice", None)
+    assert [u.user for u in await provisioning.list_users(ADMIN, account.id)] == [alice]
+
+
+async def test_a_device_owner_must_be_a_user_of_the_realm(
+    wide_provisioning: Provisioning, db: Database
+) -> None:
+    account = await wide_provisioning.create_account(ADMIN, CreateAccount("Example", "example.test"))
+    stranger = await db.write(lambda tx: users.get_or_create(tx, BareJid("erin@other.test"), START))
+    for owner in (stranger.id, UserId(new_object_id())):
+        with pytest.raises(NotFound) as exc:
+            await wide_provisioning.create_device(ADMIN, account.id, CreateDevice("Desk", "101", None, owner))
+        assert refusal(exc) == ("owner_id", "exists")
+    with pytest.raises(NotFound):
+        await wide_provisioning.user(ADMIN, account.id, stranger.id)
     assert await rows(db, "SELECT id FROM devices") == []
 
 
@@ -527,8 +543,9 @@ async def test_a_user_without_presence_id_changes_each_device_it_owns(
     clock.advance(1)  # devices are taken in creation order
     await provisioning.create_device(ADMIN, account.id, CreateDevice("Phone", "sip102", "*3102", user.user.id))
     await provisioning.create_device(ADMIN, account.id, CreateDevice("Lobby", "sip103"))  # not carol's
-    await states.subscribe(ALICE, "sip101")
-    await states.subscribe(BOB, "*3102")
+    # carol manages two of them: she may watch them (nobody else was invited).
+    await states.subscribe(CAROL, "sip101")
+    await states.subscribe(CAROL, "*3102")
     await states.subscribe(BOB, "sip103")
     await clear_outbox(db)
 
@@ -538,15 +555,15 @@ async def test_a_user_without_presence_id_changes_each_device_it_owns(
         ("example.test", "sip101", "early", START + 1),
     ]
     assert await outbox_rows(db) == [
-        state_note("alice@example.test", "sip101", "early", 2),
-        state_note("bob@example.test", "*3102", "early", 2),
+        state_note("carol@example.test", "sip101", "early", 2),
+        state_note("carol@example.test", "*3102", "early", 2),
     ]
     await clear_outbox(db)
     await states.change_user(ADMIN, account.id, user.user.id, RESET)
     assert [r[2] for r in await state_rows(db)] == ["terminated", "terminated"]
     assert await outbox_rows(db) == [
-        state_note("alice@example.test", "sip101", "terminated", 3),
-        state_note("bob@example.test", "*3102", "terminated", 3),
+        state_note("carol@example.test", "sip101", "terminated", 3),
+        state_note("carol@example.test", "*3102", "terminated", 3),
     ]
 
 

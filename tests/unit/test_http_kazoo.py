@@ -42,7 +42,7 @@ def identity(db: Database, clock: FixedClock, verifier: FakeVerifier) -> Identit
 @pytest.fixture
 def provisioning(db: Database, clock: FixedClock) -> Provisioning:
     # Two served realms, so that a second account (another tenant) can exist.
-    return Provisioning(db, clock, TWO_REALMS)
+    return Provisioning(db, clock, TWO_REALMS, "presence.example.test")
 
 
 @pytest.fixture
@@ -244,13 +244,16 @@ async def test_users_put_get_list_delete(
         409, err(409, "conflicting documents", field("username", "unique", "user alice already exists"))
     )
     assert await call(client, "DELETE", f"{base}/{alice.id}") == (200, ok(alice_json))
-    assert await call(client, "GET", base) == (200, ok([bob_json]))
+    # Unprovisioned, alice is still a member of the realm's account (membership is by
+    # domain): listed and readable without the Kazoo fields.
+    member = {"id": alice.id, "username": "alice", "jid": "alice@example.test"}
+    assert await call(client, "GET", base) == (200, ok([member, bob_json]))
     assert await rows(db, "SELECT id FROM users WHERE jid = 'alice@example.test'") == [(alice.id,)]
-    assert await call(client, "GET", f"{base}/{alice.id}") == (
-        404, err(404, "bad identifier", {"message": f"user {alice.id} not found"})
-    )
-    assert await call(client, "DELETE", f"{base}/{alice.id}") == (
-        404, err(404, "bad identifier", {"message": f"user {alice.id} not found"})
+    assert await call(client, "GET", f"{base}/{alice.id}") == (200, ok(member))
+    assert await call(client, "DELETE", f"{base}/{alice.id}") == (200, ok(member))
+    unknown = new_object_id()
+    assert await call(client, "GET", f"{base}/{unknown}") == (
+        404, err(404, "bad identifier", {"message": f"user {unknown} not found"})
     )
     assert await call(client, "GET", f"{base}/not-an-id") == (
         400, err(400, "invalid data", field("user_id", "pattern", "user_id must be a 24-character lowercase hex id"))
@@ -307,7 +310,7 @@ async def test_device_refusals(client: TestClient, db: Database) -> None:
     stranger = new_object_id()
     assert await call(
         client, "PUT", base, body={"data": {"name": "Orphan", "sip": {"username": "103"}, "owner_id": stranger}}
-    ) == (404, err(404, "bad identifier", field("owner_id", "exists", f"owner {stranger} is not a user of this account")))
+    ) == (404, err(404, "bad identifier", field("owner_id", "exists", f"owner {stranger} is not a user of realm example.test")))
     assert [r[0] for r in await rows(db, "SELECT sip_username FROM devices")] == ["101"]
 
 
@@ -540,7 +543,7 @@ async def test_post_user_presence(client: TestClient, states: PresenceStates, db
     nothing = await make_user(client, account["id"], username="erin")
     await make_device(client, account["id"], name="Desk", sip={"username": "301"}, owner_id=owner["id"])
     await states.subscribe(BareJid("alice@example.test"), "2001")
-    await states.subscribe(BareJid("alice@example.test"), "301")
+    await states.subscribe(BareJid("dave@example.test"), "301")  # the device's manager
     await clear_outbox(db)
     base = f"/v2/accounts/{account['id']}/users"
 
@@ -553,7 +556,7 @@ async def test_post_user_presence(client: TestClient, states: PresenceStates, db
     ]
     assert await outbox_rows(db) == [
         ("presence", "alice@example.test", {"extension": "2001", "state": "confirmed", "sequence": 2}),
-        ("presence", "alice@example.test", {"extension": "301", "state": "early", "sequence": 2}),
+        ("presence", "dave@example.test", {"extension": "301", "state": "early", "sequence": 2}),
     ]
     assert await call(client, "POST", f"{base}/{nothing['id']}/presence", body={"data": {"action": "reset"}}) == (
         400, err(400, "invalid data", field("presence_id", "required", "the user has no presence_id and owns no device"))
