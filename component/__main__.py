@@ -3,6 +3,10 @@
 Builds storage, actions, the XMPP component and the REST bridge, and runs them
 on one event loop until SIGINT/SIGTERM. This is the one module that imports
 both the component and the HTTP bridge.
+
+`python -m component resync --config FILE` queues, for every consent in the
+database, the roster directions it grants (and the removal of those it no longer
+grants); the running service, or the next one started, applies them.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from component.delivery import OutboxDispatcher
 from component.device_sharing import DeviceSharing, SharingSettings
 from component.login import XmppPasswordVerifier
 from component.mail import MailDispatcher
+from component.model import parse_bare_jid
 from component.provisioning import Provisioning
+from component.rosters import Rosters
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
 from http_bridge import Services, build_app
@@ -67,10 +73,12 @@ class Service:
         self.sharing = PresenceSharing(
             self.db, self.clock, served, self._outbox_written, config.limits.max_pending_sent
         )
-        self.provisioning = Provisioning(self.db, self.clock, served)
+        component_jid = config.component.jid
+        self.provisioning = Provisioning(self.db, self.clock, served, component_jid, self._outbox_written)
         self.states = PresenceStates(
-            self.db, self.clock, served, self.provisioning, self._outbox_written
+            self.db, self.clock, served, self.provisioning, self._outbox_written, component_jid
         )
+        self.rosters = Rosters(self.db, self.clock, component_jid, self._outbox_written)
         self.mail = MailDispatcher(self.db, self.clock, config.smtp)
         self.device_sharing = DeviceSharing(
             self.db,
@@ -94,10 +102,13 @@ class Service:
             self.states,
             self.device_sharing,
             config.limits.max_page_size,
-            frozenset(a.lower() for a in config.auth.xmpp_admins),
+            frozenset(parse_bare_jid(a) for a in config.auth.xmpp_admins),
         )
-        self.dispatcher = OutboxDispatcher(self.db, self.xmpp)
+        self.dispatcher = OutboxDispatcher(
+            self.db, self.xmpp, clock=self.clock, poll_s=config.component.outbox_poll_s
+        )
         self.xmpp.dispatcher = self.dispatcher
+        self.xmpp.rosters = self.rosters
         self.app = build_app(
             Services(
                 self.identity,
@@ -166,8 +177,36 @@ async def run(config: Config) -> None:
     await service.stop()
 
 
+async def resync(config: Config) -> None:
+    """Queue every granted roster direction (and the removal of stale ones) in the
+    database's outbox; the service delivers them (a running one within
+    `outbox_poll_s`)."""
+    db = Database(config.storage.path)
+    await db.open()
+    try:
+        report = await Rosters(db, Clock(), config.component.jid).resync()
+    finally:
+        await db.close()
+    print(
+        f"resync: queued {report.grants} roster grant(s) and {report.removals} removal(s)"
+        f" for {report.owners} user(s) in {config.storage.path}; the service applies them"
+        f" (a running one within {config.component.outbox_poll_s:g} s, else at its next start)"
+    )
+
+
+COMMANDS = {"run": run, "resync": resync}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m component", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m component",
+        description="Presence-consent service for XMPP: the component and its REST bridge.",
+    )
+    parser.add_argument(
+        "command", nargs="?", default="run", choices=sorted(COMMANDS),
+        help="run: the service (default); resync: re-derive every granted roster item"
+        " from the database and queue it for the service to apply",
+    )
     parser.add_argument("--config", required=True, help="path to the TOML configuration file")
     args = parser.parse_args(argv)
     try:
@@ -177,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.logging.level)
     try:
-        asyncio.run(run(config))
+        asyncio.run(COMMANDS[args.command](config))
     except SchemaTooNew as exc:
         log.error("%s; refusing to start", exc)
         return 1

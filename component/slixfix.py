@@ -29,7 +29,13 @@ def management_message(xmpp, mto: str, mfrom: str, msg_id: str) -> Message:
 
 
 def privileged_roster_set(
-    xmpp, owner: str, contact: str, subscription: str, name: str | None, ifrom: str
+    xmpp,
+    owner: str,
+    contact: str,
+    subscription: str,
+    name: str | None,
+    ifrom: str,
+    groups: tuple[str, ...] = (),
 ) -> Iq:
     """A roster push into `owner`'s roster (XEP-0356 section 5.2), built by hand.
 
@@ -37,20 +43,36 @@ def privileged_roster_set(
     (it works only with a grant of `both`) and keeps its grants in a class-level
     dict shared by every instance. We track grants ourselves (see
     `PrivilegeGrants`) and build the IQ here. Remove when slixmpp fixes both.
+
+    The server replaces the whole item (Prosody's mod_privilege keeps only `ask`), so
+    the caller passes the name and groups it read with `privileged_roster_get`.
     """
     iq = xmpp.make_iq_set(ito=owner, ifrom=ifrom)
     query = ET.SubElement(iq.xml, f"{{{NS_ROSTER}}}query")
     item = ET.SubElement(query, f"{{{NS_ROSTER}}}item", {"jid": contact, "subscription": subscription})
-    if name and subscription != "remove":
-        item.attrib["name"] = name
+    if subscription != "remove":
+        if name:
+            item.attrib["name"] = name
+        for group in groups:
+            ET.SubElement(item, f"{{{NS_ROSTER}}}group").text = group
+    return iq
+
+
+def privileged_roster_get(xmpp, owner: str, ifrom: str) -> Iq:
+    """A roster get of `owner`'s roster (XEP-0356 section 5.1). Built by hand for the
+    same reasons as `privileged_roster_set`; the answer is the whole roster."""
+    iq = xmpp.make_iq_get(ito=owner, ifrom=ifrom)
+    ET.SubElement(iq.xml, f"{{{NS_ROSTER}}}query")
     return iq
 
 
 class PrivilegeGrants:
-    """Roster grants the server advertised (XEP-0356 section 4), per served domain."""
+    """Roster and presence grants the server advertised (XEP-0356 section 4), per
+    served domain."""
 
     def __init__(self) -> None:
         self.roster: dict[str, str] = {}
+        self.presence: dict[str, str] = {}
 
     @staticmethod
     def register_stanzas() -> None:
@@ -60,16 +82,29 @@ class PrivilegeGrants:
         """Record an advertisement; returns the domain it came from."""
         domain = JID(msg["from"]).domain
         self.roster[domain] = "none"
+        self.presence[domain] = "none"
         for perm in msg["privilege"]["perms"]:
             if perm["access"] == "roster":
                 self.roster[domain] = perm["type"] or "none"
+            elif perm["access"] == "presence":
+                self.presence[domain] = perm["type"] or "none"
         return domain
 
-    def can_set_roster(self, domain: str) -> bool:
-        return self.roster.get(domain) in ("set", "both")
+    def can_change_roster(self, domain: str) -> bool:
+        """Read and write: the service reads an item before changing one direction of it."""
+        return self.roster.get(domain) == "both"
+
+    def sees_presence(self, domain: str) -> bool:
+        """The server forwards its users' presence (`managed_entity` or `roster`)."""
+        return self.presence.get(domain) in ("managed_entity", "roster")
+
+    def withdraw_roster(self, domain: str) -> None:
+        """The server answered `forbidden` to a roster IQ: treat the grant as gone."""
+        self.roster[domain] = "none"
 
     def clear(self) -> None:
         self.roster.clear()
+        self.presence.clear()
 
 
 def dispose(xmpp) -> None:

@@ -34,19 +34,25 @@ from component.commands import (
     parse_statuses,
 )
 from component.config import ComponentConfig
-from component.delivery import OutboxDispatcher, TransportGone
+from component.delivery import OutboxDispatcher, RosterFailed, RosterRefused, TransportGone
 from component.errors import INTERNAL, INTERNAL_TEXT, BadRequest, DomainError, Forbidden, WireError
 from component.model import (
+    BareJid,
     PresenceRequest,
     User,
+    jid_domain,
     parse_bare_jid,
+    parse_extension,
     parse_invite_code,
     parse_request_id,
 )
+from component.rosters import RosterItem, Rosters
 from component.slixfix import (
+    NS_ROSTER,
     PrivilegeGrants,
     detach_roster,
     management_message,
+    privileged_roster_get,
     privileged_roster_set,
 )
 from component.device_sharing import DeviceSharing, share_fields
@@ -66,6 +72,9 @@ STATE_PRESENCE: dict[str, tuple[str | None, str]] = {
 }
 NS_RSM = "http://jabber.org/protocol/rsm"
 IQ_TIMEOUT_S = 15
+# A roster check that found changes in flight looks again, this often and this many times.
+ROSTER_CHECK_RETRY_S = 1.0
+ROSTER_CHECK_RETRIES = 5
 DEFAULT_PAGE = 100
 
 IqHandler = Callable[["PresenceComponent", Iq], Awaitable[Iq]]
@@ -125,7 +134,15 @@ class PresenceComponent(ComponentXMPP):
         self.max_page_size = max_page_size
         self.served_domains = config.served_domains()
         self.dispatcher: OutboxDispatcher | None = None
+        # Set by the composition root: ends consents whose direction a user removed.
+        self.rosters: Rosters | None = None
         self.grants = PrivilegeGrants()
+        # Users' online resources, from the presence the server forwards (XEP-0356
+        # presence permission): a resource appearing, or the last one leaving, is when
+        # the user's roster is compared with what the service granted.
+        self._online: dict[str, set[str]] = {}
+        self._checks: dict[str, asyncio.Task[None]] = {}
+        self._check_again: set[str] = set()
         self.session_up = False
         self.privileges_known = False
         self.roster_status = "unavailable"
@@ -134,6 +151,7 @@ class PresenceComponent(ComponentXMPP):
         self._iq_slots = asyncio.Semaphore(config.max_concurrent_iqs)
         self._privileges_complete = asyncio.Event()
         self._roster_warning_logged = False
+        self._presence_warning_logged = False
 
         PrivilegeGrants.register_stanzas()
         stanzas.register()
@@ -212,33 +230,63 @@ class PresenceComponent(ComponentXMPP):
             pass
         if not self.session_up:
             return
-        granted = all(self.grants.can_set_roster(d) for d in self.served_domains)
-        self.roster_status = "granted" if granted else "unavailable"
-        if granted:
-            log.info("xmpp: roster privilege (XEP-0356) granted for %s", ", ".join(sorted(self.served_domains)))
-        elif not self._roster_warning_logged:
-            self._roster_warning_logged = True
-            missing = sorted(d for d in self.served_domains if not self.grants.can_set_roster(d))
-            log.warning(
-                "xmpp: the server grants no XEP-0356 roster privilege for %s; rosters will not be"
-                " updated (grant roster = \"both\" to %s in the server's privileged_entities)",
-                ", ".join(missing), self.boundjid.bare,
-            )
         self.privileges_known = True
+        self._update_roster_status()
         if self.dispatcher is not None:
             self.dispatcher.wake()
 
+    def _update_roster_status(self) -> None:
+        """Decide (again) whether rosters can be changed, and say so once per change."""
+        granted = all(self.grants.can_change_roster(d) for d in self.served_domains)
+        previous, self.roster_status = self.roster_status, "granted" if granted else "unavailable"
+        if granted:
+            if previous != "granted":
+                log.info(
+                    "xmpp: roster privilege (XEP-0356) granted for %s",
+                    ", ".join(sorted(self.served_domains)),
+                )
+            blind = sorted(d for d in self.served_domains if not self.grants.sees_presence(d))
+            if blind and not self._presence_warning_logged:
+                self._presence_warning_logged = True
+                log.warning(
+                    "xmpp: the server forwards no presence of %s's users (XEP-0356 presence"
+                    " permission); a contact a user removes in a client is not noticed and its"
+                    " consent stays (grant presence = \"managed_entity\" to the component)",
+                    ", ".join(blind),
+                )
+        elif not self._roster_warning_logged:
+            self._roster_warning_logged = True
+            missing = sorted(d for d in self.served_domains if not self.grants.can_change_roster(d))
+            log.warning(
+                "xmpp: the server grants no XEP-0356 roster privilege (read and write) for %s;"
+                " roster changes wait in the outbox until it does (grant roster = \"both\" to"
+                " %s in the server's privileged_entities)",
+                ", ".join(missing), self.boundjid.bare,
+            )
+
     def on_privileges(self, msg: Message) -> None:
         sender = msg["from"]
-        if sender.user or sender.resource or sender.domain not in self.served_domains:
+        if sender.user or sender.resource:
             # XEP-0356 section 4.2: only the server (a served domain's own JID) advertises
             # privileges; a user could otherwise revoke our roster access by message.
             log.warning("xmpp: ignoring a privilege advertisement from %s", sender)
             return
+        if sender.domain not in self.served_domains:
+            log.info("xmpp: ignoring the privilege advertisement of %s (not a served domain)", sender)
+            return
         domain = self.grants.update(msg)
-        log.info("xmpp: %s advertises roster privilege %r", domain, self.grants.roster.get(domain))
+        log.info(
+            "xmpp: %s advertises roster privilege %r, presence privilege %r",
+            domain, self.grants.roster.get(domain), self.grants.presence.get(domain),
+        )
         if all(d in self.grants.roster for d in self.served_domains):
             self._privileges_complete.set()
+        if self.privileges_known:
+            # Came after the session was judged (late or re-sent): roster rows that
+            # waited for it go now.
+            self._update_roster_status()
+            if self.dispatcher is not None:
+                self.dispatcher.wake()
 
     def on_disconnected(self, reason: object) -> None:
         was_up = self.session_up
@@ -246,6 +294,7 @@ class PresenceComponent(ComponentXMPP):
         self.privileges_known = False
         self.grants.clear()
         self._privileges_complete.clear()
+        self._online.clear()  # the server sends every session's presence again on connect
         if self._closing:
             return
         delay = self._backoff * random.uniform(0.8, 1.2)
@@ -382,16 +431,23 @@ class PresenceComponent(ComponentXMPP):
     # ---- inbound presence (family 2 subscriptions) ------------------------------
 
     async def on_presence(self, presence: Presence) -> None:
-        """Subscriptions and probes addressed to `{extension}@{component}`."""
-        extension = presence["to"].user
-        kind = presence["type"]
-        if not extension or kind not in ("subscribe", "unsubscribe", "probe"):
-            return  # presence to the component itself, or directed availability: nothing to do
+        """Subscriptions and probes addressed to `{extension}@{component}`, and the
+        presence of users the server forwards to the component itself."""
+        # The raw address: slixmpp's parser raises on a localpart only the server accepts.
+        to = presence.xml.get("to", "")
+        local, at, _ = to.partition("@")
+        if not at:
+            self.on_user_presence(presence)
+            return
+        kind = presence.xml.get("type")
+        if kind not in ("subscribe", "unsubscribe", "probe"):
+            return  # directed availability to an extension: nothing to do
         sender = presence["from"]
         try:
             if not sender.user:
                 raise Forbidden("only user accounts may subscribe")
             subscriber = parse_bare_jid(sender.bare, "from")
+            extension = parse_extension(local)
             if kind == "subscribe":
                 await self.states.subscribe(subscriber, extension)
             elif kind == "unsubscribe":
@@ -404,12 +460,74 @@ class PresenceComponent(ComponentXMPP):
                 else:
                     self._state_presence(sender.bare, extension, state.value, None).send()
         except DomainError as exc:
-            log.info("presence %s from %s to %s refused: %s", kind, sender, presence["to"], exc.detail)
+            log.info("presence %s from %s to %s refused: %s", kind, sender, to, exc.detail)
             if kind in ("subscribe", "probe"):
                 # RFC 6121 section 3.2: denying a subscription is answering `unsubscribed`.
-                self._presence(sender.bare, extension, "unsubscribed").send()
+                refusal = self.make_presence(pto=sender.bare, ptype="unsubscribed")
+                refusal.xml.set("from", to.partition("/")[0])  # as the sender wrote it
+                refusal.send()
         except Exception:
-            log.exception("presence %s from %s to %s: unexpected error", kind, sender, presence["to"])
+            log.exception("presence %s from %s to %s: unexpected error", kind, sender, to)
+
+    # ---- users coming online and going offline (roster checks) -------------------
+
+    def on_user_presence(self, presence: Presence) -> None:
+        """A user's availability, which the server forwards with the XEP-0356 presence
+        permission: a new resource, or the last one leaving, is when that user's roster
+        is compared with what the service granted (component.rosters)."""
+        if presence.xml.get("type") not in (None, "unavailable"):
+            return
+        sender = presence["from"]
+        if not sender.user or not sender.resource or sender.domain not in self.served_domains:
+            return
+        bare = sender.bare
+        resources = self._online.setdefault(bare, set())
+        if presence.xml.get("type") is None:
+            if sender.resource in resources:
+                return  # a change of <show/> or <status/>: nothing new
+            resources.add(sender.resource)
+        else:
+            resources.discard(sender.resource)
+            if resources:
+                return
+            del self._online[bare]
+        self.check_roster(BareJid(bare))
+
+    def check_roster(self, owner: BareJid) -> None:
+        """Compare `owner`'s roster with the consents it holds, in the background; at
+        most one check per user at a time (a request meanwhile runs it once more)."""
+        if self.rosters is None or not self.roster_allowed(owner):
+            return
+        if owner in self._checks:
+            self._check_again.add(owner)
+            return
+        self._checks[owner] = asyncio.create_task(self._check_roster(owner), name=f"roster-check {owner}")
+
+    async def _check_roster(self, owner: BareJid) -> None:
+        assert self.rosters is not None
+        retries = ROSTER_CHECK_RETRIES
+        try:
+            while True:
+                self._check_again.discard(owner)
+                seen = await self.rosters.granted(owner)
+                if seen:  # most users hold nothing the service granted: no roster read
+                    live = await self.roster_items(owner)
+                    result = await self.rosters.reconcile(owner, live, seen)
+                    if result.deferred and retries:
+                        # Some of the user's roster changes were in flight: look again once
+                        # the dispatcher has had time to apply them.
+                        retries -= 1
+                        await asyncio.sleep(ROSTER_CHECK_RETRY_S)
+                        continue
+                if owner not in self._check_again:
+                    return
+        except (TransportGone, RosterRefused, RosterFailed) as exc:
+            log.info("roster check of %s skipped: %s", owner, type(exc).__name__)
+        except Exception:
+            log.exception("roster check of %s failed", owner)
+        finally:
+            self._checks.pop(owner, None)
+            self._check_again.discard(owner)
 
     def _presence(self, to: object, extension: str, ptype: str | None = None) -> Presence:
         pres = self.make_presence(pto=to, pfrom=f"{extension}@{self.boundjid.bare}")
@@ -499,8 +617,12 @@ class PresenceComponent(ComponentXMPP):
     def ready(self) -> bool:
         return self.session_up and self.privileges_known
 
+    @property
+    def roster_ready(self) -> bool:
+        return self.ready and self.roster_status == "granted"
+
     def roster_allowed(self, owner: str) -> bool:
-        return self.grants.can_set_roster(owner.partition("@")[2])
+        return self.grants.can_change_roster(jid_domain(BareJid(owner)))
 
     def send_management(self, row: OutboxRow) -> None:
         msg = management_message(self, row.recipient, self.boundjid.bare, f"ph-{row.id}")
@@ -524,26 +646,61 @@ class PresenceComponent(ComponentXMPP):
         pres["id"] = f"ps-{row.id}"
         pres.send()
 
-    async def set_roster_item(self, row: OutboxRow) -> None:
-        item = row.payload
+    async def roster_items(self, owner: str) -> dict[str, RosterItem]:
+        """`owner`'s whole roster, read with the XEP-0356 roster privilege."""
+        iq = privileged_roster_get(self, owner, self.boundjid.bare)
+        result = await self._roster_iq(owner, iq)
+        items = {}
+        for item in result.xml.iter(f"{{{NS_ROSTER}}}item"):
+            contact = item.get("jid", "")
+            items[contact] = RosterItem(
+                contact,
+                item.get("subscription", "none"),
+                item.get("name") or None,
+                tuple(g.text or "" for g in item.iter(f"{{{NS_ROSTER}}}group") if g.text),
+                item.get("ask") or None,
+            )
+        return items
+
+    async def roster_item(self, owner: str, contact: str) -> RosterItem | None:
+        return (await self.roster_items(owner)).get(contact)
+
+    async def set_roster_item(self, owner: str, item: RosterItem) -> None:
+        iq = privileged_roster_set(
+            self, owner, item.jid, item.subscription, item.name, self.boundjid.bare, item.groups
+        )
+        await self._roster_iq(owner, iq)
+
+    async def remove_roster_item(self, owner: str, contact: str) -> None:
+        iq = privileged_roster_set(self, owner, contact, "remove", None, self.boundjid.bare)
+        try:
+            await self._roster_iq(owner, iq)
+        except RosterFailed as exc:
+            if str(exc) != "item-not-found":
+                raise  # otherwise: already gone, the goal is reached
+
+    async def _roster_iq(self, owner: str, iq: Iq) -> Iq:
+        """Send a privileged roster IQ (bounded in flight); map the server's answer."""
         async with self._iq_slots:
             if not self.session_up:
                 raise TransportGone()
-            iq = privileged_roster_set(
-                self, row.recipient, item["jid"], item["subscription"], item.get("name"),
-                self.boundjid.bare,
-            )
             try:
-                await iq.send(timeout=IQ_TIMEOUT_S)
+                return await iq.send(timeout=IQ_TIMEOUT_S)
             except IqTimeout as exc:
                 raise TransportGone() from exc
             except IqError as exc:
-                if item["subscription"] == "remove" and exc.condition == "item-not-found":
-                    return  # already gone: the goal is reached
-                log.warning(
-                    "roster: setting %s to %s in %s's roster failed: %s",
-                    item["jid"], item["subscription"], row.recipient, exc.condition,
-                )
+                if exc.condition in ("forbidden", "not-authorized"):
+                    domain = jid_domain(BareJid(owner))
+                    if self.grants.can_change_roster(domain):
+                        self.grants.withdraw_roster(domain)
+                        self._update_roster_status()
+                        log.warning(
+                            "xmpp: %s refused a roster IQ (%s) though it advertised the privilege;"
+                            " roster changes for its users wait until it advertises it again",
+                            domain, exc.condition,
+                        )
+                    raise RosterRefused(exc.condition) from exc
+                raise RosterFailed(exc.condition) from exc
 
     async def barrier(self) -> None:
         if not self.session_up:

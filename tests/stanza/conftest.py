@@ -51,7 +51,7 @@ def sharing(db: Database, clock: FixedClock, config: ComponentConfig) -> Presenc
 
 @pytest.fixture
 def provisioning(db: Database, clock: FixedClock, config: ComponentConfig) -> Provisioning:
-    return Provisioning(db, clock, config.served_domains())
+    return Provisioning(db, clock, config.served_domains(), COMPONENT)
 
 
 @pytest.fixture

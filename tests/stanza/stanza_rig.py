@@ -36,8 +36,11 @@ class Wire:
     def feed(self, xml: str) -> None:
         """One stanza from the server, in the component stream's namespace."""
         element = ET.fromstring(xml)
-        if "}" not in element.tag:
-            element.tag = f"{{jabber:component:accept}}{element.tag}"
+        # As the stream's parser would: elements without a namespace are in the
+        # stream's default one (an IQ's <error/> included).
+        for node in element.iter():
+            if "}" not in node.tag:
+                node.tag = f"{{jabber:component:accept}}{node.tag}"
         self.comp._spawn_event(element)
 
     async def wait_for(self, stanza_id: str, timeout: float = 5) -> StanzaBase:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from slixmpp.xmlstream import ET
 
-from component.delivery import OutboxDispatcher, TransportGone
+from component.delivery import OutboxDispatcher, RosterFailed, RosterRefused, TransportGone
+from component.rosters import RosterItem
 from component.xmpp import PresenceComponent
 from storage import Database, outbox
 from storage.outbox import OutboxRow
@@ -64,7 +66,8 @@ def test_send_management_builds_the_seed_message(comp: PresenceComponent, wire: 
 
 
 @pytest.mark.parametrize(
-    ("granted", "allowed"), [("both", True), ("set", True), ("get", False), ("none", False), (None, False)]
+    # Changing one direction of an item needs reading it first: only "both" will do.
+    ("granted", "allowed"), [("both", True), ("set", False), ("get", False), ("none", False), (None, False)]
 )
 def test_a_privilege_advertisement_sets_roster_allowed_for_its_domain(
     comp: PresenceComponent, wire: Wire, granted: str | None, allowed: bool
@@ -94,15 +97,37 @@ async def test_status_without_a_roster_grant(comp: PresenceComponent, wire: Wire
     assert comp.ready is True
 
 
-async def test_set_roster_item_pushes_into_the_owners_roster(comp: PresenceComponent, wire: Wire) -> None:
+async def test_a_roster_item_is_read_with_a_privileged_get(comp: PresenceComponent, wire: Wire) -> None:
     await start_session(comp, wire)
-    row = OutboxRow(5, "roster", "alice@example.test", {"jid": "bob@example.test", "subscription": "to", "name": "bob"})
-    pushing = asyncio.ensure_future(comp.set_roster_item(row))
+    reading = asyncio.ensure_future(comp.roster_item("alice@example.test", "bob@example.test"))
+    sent = await wire.nth(0)
+    assert same_xml(
+        sent,
+        f"<iq type='get' id='{sent['id']}' from='{COMPONENT}' to='alice@example.test'>"
+        "<query xmlns='jabber:iq:roster'/></iq>",
+    ), str(sent)
+    wire.feed(
+        f"<iq type='result' id='{sent['id']}' from='alice@example.test' to='{COMPONENT}'>"
+        "<query xmlns='jabber:iq:roster'>"
+        "<item jid='carol@example.test' subscription='both'/>"
+        "<item jid='bob@example.test' subscription='from' name='Bobby' ask='subscribe'>"
+        "<group>Friends</group><group>Work</group></item></query></iq>"
+    )
+    assert await asyncio.wait_for(reading, 5) == RosterItem(
+        "bob@example.test", "from", "Bobby", ("Friends", "Work"), "subscribe"
+    )
+
+
+async def test_set_roster_item_keeps_the_name_and_groups(comp: PresenceComponent, wire: Wire) -> None:
+    await start_session(comp, wire)
+    item = RosterItem("bob@example.test", "both", "Bobby", ("Friends",))
+    pushing = asyncio.ensure_future(comp.set_roster_item("alice@example.test", item))
     sent = await wire.nth(0)
     assert same_xml(
         sent,
         f"<iq type='set' id='{sent['id']}' from='{COMPONENT}' to='alice@example.test'>"
-        "<query xmlns='jabber:iq:roster'><item jid='bob@example.test' subscription='to' name='bob'/></query></iq>",
+        "<query xmlns='jabber:iq:roster'><item jid='bob@example.test' subscription='both' name='Bobby'>"
+        "<group>Friends</group></item></query></iq>",
     ), str(sent)
     wire.feed(f"<iq type='result' id='{sent['id']}' from='alice@example.test' to='{COMPONENT}'/>")
     await asyncio.wait_for(pushing, 5)
@@ -110,8 +135,7 @@ async def test_set_roster_item_pushes_into_the_owners_roster(comp: PresenceCompo
 
 async def test_removing_an_absent_roster_item_counts_as_done(comp: PresenceComponent, wire: Wire) -> None:
     await start_session(comp, wire)
-    row = OutboxRow(6, "roster", "alice@example.test", {"jid": "bob@example.test", "subscription": "remove", "name": "bob"})
-    pushing = asyncio.ensure_future(comp.set_roster_item(row))
+    pushing = asyncio.ensure_future(comp.remove_roster_item("alice@example.test", "bob@example.test"))
     sent = await wire.nth(0)
     assert same_xml(
         sent,
@@ -123,6 +147,53 @@ async def test_removing_an_absent_roster_item_counts_as_done(comp: PresenceCompo
         "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
     )
     await asyncio.wait_for(pushing, 5)
+
+
+async def test_a_forbidden_roster_answer_withdraws_the_grant(comp: PresenceComponent, wire: Wire) -> None:
+    """The server advertised the privilege but refuses it: rows wait, /healthz says so."""
+    await start_session(comp, wire)
+    reading = asyncio.ensure_future(comp.roster_item("alice@example.test", "bob@example.test"))
+    sent = await wire.nth(0)
+    wire.feed(
+        f"<iq type='error' id='{sent['id']}' from='alice@example.test' to='{COMPONENT}'>"
+        "<error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    )
+    with pytest.raises(RosterRefused):
+        await asyncio.wait_for(reading, 5)
+    assert comp.roster_allowed("alice@example.test") is False
+    assert comp.status() == {"xmpp": "connected", "roster": "unavailable"}
+
+
+async def test_another_roster_error_fails_that_change_only(comp: PresenceComponent, wire: Wire) -> None:
+    await start_session(comp, wire)
+    pushing = asyncio.ensure_future(
+        comp.set_roster_item("ghost@example.test", RosterItem("bob@example.test", "to"))
+    )
+    sent = await wire.nth(0)
+    wire.feed(
+        f"<iq type='error' id='{sent['id']}' from='ghost@example.test' to='{COMPONENT}'>"
+        "<error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    )
+    with pytest.raises(RosterFailed):
+        await asyncio.wait_for(pushing, 5)
+    assert comp.roster_allowed("alice@example.test") is True
+
+
+async def test_a_late_advertisement_grants_rosters_and_wakes_the_dispatcher(
+    comp: PresenceComponent, wire: Wire, db: Database
+) -> None:
+    """Issue #9: the advertisement came after the wait; rows that waited go now."""
+    comp.config = replace(comp.config, privilege_wait_s=0.01)
+    dispatcher = OutboxDispatcher(db, comp)
+    comp.dispatcher = dispatcher
+    await comp.on_session_start(None)
+    assert comp.status() == {"xmpp": "connected", "roster": "unavailable"}
+    assert comp.roster_ready is False
+    dispatcher._wake.clear()
+    wire.feed(privileges("example.test", "both"))
+    assert comp.status() == {"xmpp": "connected", "roster": "granted"}
+    assert comp.roster_ready is True
+    assert dispatcher._wake.is_set()
 
 
 async def test_the_barrier_is_a_ping_to_the_server(comp: PresenceComponent, wire: Wire) -> None:
@@ -142,9 +213,10 @@ async def test_the_barrier_is_a_ping_to_the_server(comp: PresenceComponent, wire
 
 
 async def test_without_a_session_the_transport_is_gone(comp: PresenceComponent, wire: Wire) -> None:
-    row = OutboxRow(1, "roster", "alice@example.test", {"jid": "bob@example.test", "subscription": "to", "name": "bob"})
     with pytest.raises(TransportGone):
-        await comp.set_roster_item(row)
+        await comp.roster_item("alice@example.test", "bob@example.test")
+    with pytest.raises(TransportGone):
+        await comp.set_roster_item("alice@example.test", RosterItem("bob@example.test", "to"))
     with pytest.raises(TransportGone):
         await comp.barrier()
     assert wire.sent == []
@@ -181,7 +253,17 @@ async def test_the_dispatcher_delivers_an_accept_through_the_component(
             f"<presencehandshake xmlns='{NS}' id='{request_id}' action='{action}' type='{side}'"
             f" status='{status}'/></message>",
         ), str(sent)
-    roster_sets = [await wire.nth(4), await wire.nth(5)]
+    # Each roster change reads the owner's roster first (the item is the user's).
+    gets = [await wire.nth(4), await wire.nth(5)]
+    assert sorted((g["type"], g["to"].bare) for g in gets) == [
+        ("get", "alice@example.test"), ("get", "bob@example.test"),
+    ]
+    for g in gets:
+        wire.feed(
+            f"<iq type='result' id='{g['id']}' from='{g['to']}' to='{COMPONENT}'>"
+            "<query xmlns='jabber:iq:roster'/></iq>"
+        )
+    roster_sets = [await wire.nth(6), await wire.nth(7)]
     assert sorted((s["to"].bare, s.xml[0][0].attrib["jid"], s.xml[0][0].attrib["subscription"]) for s in roster_sets) == [
         ("alice@example.test", "bob@example.test", "to"),
         ("bob@example.test", "alice@example.test", "from"),
@@ -189,7 +271,7 @@ async def test_the_dispatcher_delivers_an_accept_through_the_component(
     assert await outbox.count(db.reader) == 6  # nothing is deleted before the server answers
     for s in roster_sets:
         wire.feed(f"<iq type='result' id='{s['id']}' from='{s['to']}' to='{COMPONENT}'/>")
-    ping = await wire.nth(6)
+    ping = await wire.nth(8)
     assert ping.xml.find("{urn:xmpp:ping}ping") is not None
     wire.feed(f"<iq type='result' id='{ping['id']}' from='example.test' to='{COMPONENT}'/>")
     await asyncio.wait_for(draining, 5)

@@ -1,4 +1,5 @@
-"""The outbox dispatcher against a fake Transport (the XMPP side) and a real outbox table."""
+"""The outbox dispatcher against a fake Transport (the XMPP side: rosters held in
+memory, as the server would) and a real outbox table."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from typing import Any
 
 import pytest
 
-from component.delivery import OutboxDispatcher, TransportGone
+from component.delivery import OutboxDispatcher, RosterFailed, RosterRefused, TransportGone
+from component.rosters import RosterItem
 from storage import Conn, Database, outbox
+from storage import rosters as records
 from storage.outbox import OutboxRow
 
 
 class FakeTransport:
-    """Records what the dispatcher hands to XMPP, and how many rows were still stored then."""
+    """Records what the dispatcher hands to XMPP, and how many rows were still stored
+    then; holds each user's roster like the server does."""
 
     def __init__(self, db: Database, roster: bool = True, gone_after_sets: int | None = None) -> None:
         self.db = db
@@ -22,6 +26,14 @@ class FakeTransport:
         self.gone_after_sets = gone_after_sets
         self.log: list[tuple[str, Any]] = []
         self.barrier_reached = asyncio.Event()
+        self.rosters: dict[str, dict[str, RosterItem]] = {}
+        self.refuse: set[str] = set()  # owners whose roster IQs get `forbidden`
+        self.fail: set[str] = set()  # owners whose roster IQs fail for good
+        self.reads = 0
+
+    @property
+    def roster_ready(self) -> bool:
+        return self.roster
 
     def roster_allowed(self, owner: str) -> bool:
         return self.roster
@@ -29,12 +41,35 @@ class FakeTransport:
     def send_management(self, row: OutboxRow) -> None:
         self.log.append(("message", (row.id, row.recipient, row.payload)))
 
-    async def set_roster_item(self, row: OutboxRow) -> None:
+    def send_presence(self, row: OutboxRow) -> None:
+        self.log.append(("presence", (row.id, row.recipient, row.payload)))
+
+    def _check(self, owner: str) -> None:
         sets = sum(1 for kind, _ in self.log if kind == "roster")
         if self.gone_after_sets is not None and sets >= self.gone_after_sets:
             raise TransportGone()
-        await asyncio.sleep(0)  # let other owners' sets interleave, as real IQs do
-        self.log.append(("roster", (row.id, row.recipient, row.payload)))
+        if owner in self.refuse:
+            raise RosterRefused("forbidden")
+        if owner in self.fail:
+            raise RosterFailed("item-not-found")
+
+    async def roster_item(self, owner: str, contact: str) -> RosterItem | None:
+        self._check(owner)
+        self.reads += 1
+        await asyncio.sleep(0)  # let other items' changes interleave, as real IQs do
+        return self.rosters.get(owner, {}).get(contact)
+
+    async def set_roster_item(self, owner: str, item: RosterItem) -> None:
+        self._check(owner)
+        await asyncio.sleep(0)
+        self.rosters.setdefault(owner, {})[item.jid] = item
+        self.log.append(("roster", (owner, item.jid, item.subscription)))
+
+    async def remove_roster_item(self, owner: str, contact: str) -> None:
+        self._check(owner)
+        await asyncio.sleep(0)
+        self.rosters.get(owner, {}).pop(contact, None)
+        self.log.append(("roster", (owner, contact, "remove")))
 
     async def barrier(self) -> None:
         self.log.append(("barrier", await outbox.count(self.db.reader)))
@@ -45,37 +80,43 @@ def msg(n: int) -> dict[str, Any]:
     return {"handshake": {"id": f"r{n}", "action": "create", "type": "sent", "status": "pending"}}
 
 
-def item(contact: str, subscription: str) -> dict[str, Any]:
-    return {"jid": contact, "subscription": subscription, "name": contact.split("@")[0]}
+def grant(contact: str, direction: str) -> dict[str, Any]:
+    return {"jid": contact, "direction": direction, "op": "add", "name": contact.split("@")[0]}
 
+
+def revoke(contact: str, direction: str) -> dict[str, Any]:
+    return {"jid": contact, "direction": direction, "op": "remove"}
+
+
+ALICE, BOB = "alice@example.test", "bob@example.test"
 
 ROWS = [
-    ("message", "alice@example.test", msg(1)),
-    ("roster", "alice@example.test", item("bob@example.test", "to")),
-    ("roster", "bob@example.test", item("alice@example.test", "from")),
-    ("message", "bob@example.test", msg(2)),
-    ("roster", "alice@example.test", item("bob@example.test", "remove")),
-    ("roster", "bob@example.test", item("alice@example.test", "remove")),
-    ("message", "alice@example.test", msg(3)),
+    ("message", ALICE, msg(1)),
+    ("roster", ALICE, grant(BOB, "to")),
+    ("roster", BOB, grant(ALICE, "from")),
+    ("message", BOB, msg(2)),
+    ("roster", ALICE, revoke(BOB, "to")),
+    ("roster", BOB, revoke(ALICE, "from")),
+    ("message", ALICE, msg(3)),
 ]
+
+
+async def add_rows(db: Database, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+    async def body(tx: Conn) -> None:
+        for kind, recipient, payload in rows:
+            await outbox.add(tx, kind, recipient, payload, 0)
+
+    await db.write(body)
 
 
 @pytest.fixture
 async def stored(db: Database) -> list[OutboxRow]:
-    async def add_rows(tx: Conn) -> None:
-        for kind, recipient, payload in ROWS:
-            await outbox.add(tx, kind, recipient, payload, 0)
-
-    await db.write(add_rows)
+    await add_rows(db, ROWS)
     return await outbox.next_batch(db.reader, 0, 100)
 
 
-def per_recipient(log: list[tuple[str, Any]], kind: str) -> dict[str, list[int]]:
-    order: dict[str, list[int]] = {}
-    for got_kind, (row_id, recipient, _payload) in (e for e in log if e[0] == kind):
-        assert got_kind == kind
-        order.setdefault(recipient, []).append(row_id)
-    return order
+def roster_log(log: list[tuple[str, Any]]) -> list[tuple[str, str, str]]:
+    return [entry for kind, entry in log if kind == "roster"]
 
 
 async def test_rows_are_delivered_in_order_per_recipient_then_deleted(
@@ -90,10 +131,14 @@ async def test_rows_are_delivered_in_order_per_recipient_then_deleted(
         ("message", (ids[3], "bob@example.test", msg(2))),
         ("message", (ids[6], "alice@example.test", msg(3))),
     ]
-    assert per_recipient(transport.log, "roster") == {
-        "alice@example.test": [ids[1], ids[4]],
-        "bob@example.test": [ids[2], ids[5]],
-    }
+    # Each item's changes in commit order: created, then removed (the service created them).
+    assert [e for e in roster_log(transport.log) if e[0] == ALICE] == [
+        (ALICE, BOB, "to"), (ALICE, BOB, "remove"),
+    ]
+    assert [e for e in roster_log(transport.log) if e[0] == BOB] == [
+        (BOB, ALICE, "from"), (BOB, ALICE, "remove"),
+    ]
+    assert transport.rosters == {ALICE: {}, BOB: {}}
     # Every row was still stored when the barrier ran, and the barrier came last.
     assert transport.log[-1] == ("barrier", len(ROWS))
     assert await outbox.count(db.reader) == 0
@@ -113,6 +158,7 @@ async def test_rows_are_kept_when_the_stream_goes_away_mid_batch(
 
     # After the reconnect everything goes again, with the same row ids (stanza ids ph-N).
     healthy = FakeTransport(db)
+    healthy.rosters = broken.rosters
     dispatcher.transport = healthy
     await dispatcher.drain()
     assert [e[1][0] for e in healthy.log if e[0] == "message"] == [stored[i].id for i in (0, 3, 6)]
@@ -130,12 +176,24 @@ async def test_rows_are_kept_when_the_barrier_fails(db: Database, stored: list[O
     assert await outbox.count(db.reader) == len(ROWS)
 
 
-async def test_roster_rows_are_dropped_without_the_roster_privilege(
+async def test_roster_rows_wait_without_the_roster_privilege(
     db: Database, stored: list[OutboxRow]
 ) -> None:
+    """Messages go; roster rows stay in the outbox, untouched, until the server grants
+    roster access, then go in order (issue #9: they used to be deleted as delivered)."""
     transport = FakeTransport(db, roster=False)
-    await OutboxDispatcher(db, transport).drain()
+    dispatcher = OutboxDispatcher(db, transport)
+    await dispatcher.drain()
     assert [kind for kind, _ in transport.log] == ["message", "message", "message", "barrier"]
+    assert [r.id for r in await outbox.next_batch(db.reader, 0, 100)] == [stored[i].id for i in (1, 2, 4, 5)]
+    assert transport.reads == 0
+
+    transport.roster = True  # the advertisement came
+    transport.log.clear()
+    await dispatcher.drain()
+    assert roster_log(transport.log) == [
+        (ALICE, BOB, "to"), (BOB, ALICE, "from"), (ALICE, BOB, "remove"), (BOB, ALICE, "remove"),
+    ]
     assert await outbox.count(db.reader) == 0
 
 
@@ -227,3 +285,132 @@ async def test_wake_runs_the_dispatcher_task(db: Database, stored: list[OutboxRo
     finally:
         await dispatcher.stop()
     assert await outbox.count(db.reader) == 0
+
+
+# ---- roster merge: the user's item is read first, only one direction changes ------------
+
+
+async def test_an_existing_item_keeps_its_name_groups_and_other_direction(db: Database) -> None:
+    transport = FakeTransport(db)
+    transport.rosters[ALICE] = {BOB: RosterItem(BOB, "from", "Bobby", ("Friends",))}
+    await add_rows(db, [("roster", ALICE, grant(BOB, "to"))])
+    await OutboxDispatcher(db, transport).drain()
+    assert transport.rosters[ALICE] == {BOB: RosterItem(BOB, "both", "Bobby", ("Friends",))}
+    record = await records.get(db.reader, ALICE, BOB)
+    assert (record.created, record.granted) == (False, "to")
+
+    await add_rows(db, [("roster", ALICE, revoke(BOB, "to"))])
+    await OutboxDispatcher(db, transport).drain()
+    # The item was the user's: it stays, with its name, group and the other direction.
+    assert transport.rosters[ALICE] == {BOB: RosterItem(BOB, "from", "Bobby", ("Friends",))}
+    assert await records.get(db.reader, ALICE, BOB) is None  # the service holds nothing there
+
+
+async def test_a_users_item_without_a_direction_is_never_removed(db: Database) -> None:
+    transport = FakeTransport(db)
+    transport.rosters[ALICE] = {BOB: RosterItem(BOB, "none", "Bobby", ("Friends",))}
+    await add_rows(db, [("roster", ALICE, grant(BOB, "to")), ("roster", ALICE, revoke(BOB, "to"))])
+    await OutboxDispatcher(db, transport).drain()
+    assert roster_log(transport.log) == [(ALICE, BOB, "to"), (ALICE, BOB, "none")]
+    assert transport.rosters[ALICE] == {BOB: RosterItem(BOB, "none", "Bobby", ("Friends",))}
+
+
+async def test_an_item_the_service_created_is_removed_once_it_holds_no_direction(db: Database) -> None:
+    transport = FakeTransport(db)
+    await add_rows(db, [
+        ("roster", ALICE, grant(BOB, "to")),
+        ("roster", ALICE, grant(BOB, "from")),
+        ("roster", ALICE, revoke(BOB, "to")),
+    ])
+    await OutboxDispatcher(db, transport).drain()
+    assert transport.rosters[ALICE] == {BOB: RosterItem(BOB, "from", "bob")}
+    record = await records.get(db.reader, ALICE, BOB)
+    assert (record.created, record.granted) == (True, "from")
+
+    # After a restart (a new dispatcher), the record still says who created the item.
+    await add_rows(db, [("roster", ALICE, revoke(BOB, "from"))])
+    again = FakeTransport(db)
+    again.rosters = transport.rosters
+    await OutboxDispatcher(db, again).drain()
+    assert transport.rosters[ALICE] == {}
+    assert roster_log(again.log) == [(ALICE, BOB, "remove")]
+
+
+async def test_the_creation_is_recorded_before_the_item_is_set(db: Database) -> None:
+    """A crash right after the set must not make the item look like the user's."""
+
+    class CrashAfterSet(FakeTransport):
+        async def set_roster_item(self, owner: str, item: RosterItem) -> None:
+            assert (await records.get(self.db.reader, owner, item.jid)).created
+            await super().set_roster_item(owner, item)
+            raise TransportGone()
+
+    crashing = CrashAfterSet(db)
+    await add_rows(db, [("roster", ALICE, grant(BOB, "to"))])
+    with pytest.raises(TransportGone):
+        await OutboxDispatcher(db, crashing).drain()
+    assert await outbox.count(db.reader) == 1  # delivered again after the restart
+    after = FakeTransport(db)
+    after.rosters = crashing.rosters
+    await add_rows(db, [("roster", ALICE, revoke(BOB, "to"))])
+    await OutboxDispatcher(db, after).drain()
+    assert after.rosters[ALICE] == {}  # known as created: removed
+    assert roster_log(after.log) == [(ALICE, BOB, "remove")]  # the repeated add changed nothing
+
+
+async def test_delivering_a_row_twice_changes_nothing_the_second_time(db: Database) -> None:
+    transport = FakeTransport(db)
+    await add_rows(db, [("roster", ALICE, grant(BOB, "to"))])
+    await OutboxDispatcher(db, transport).drain()
+    await add_rows(db, [("roster", ALICE, grant(BOB, "to"))])
+    await OutboxDispatcher(db, transport).drain()
+    assert roster_log(transport.log) == [(ALICE, BOB, "to")]
+    assert await outbox.count(db.reader) == 0
+
+
+async def test_a_forbidden_answer_keeps_the_row_and_the_items_later_rows(db: Database) -> None:
+    transport = FakeTransport(db)
+    transport.refuse.add(ALICE)
+    await add_rows(db, [
+        ("roster", ALICE, grant(BOB, "to")),
+        ("roster", BOB, grant(ALICE, "from")),
+        ("roster", ALICE, revoke(BOB, "to")),
+        ("message", ALICE, msg(1)),
+    ])
+    dispatcher = OutboxDispatcher(db, transport)
+    await dispatcher.drain()
+    assert roster_log(transport.log) == [(BOB, ALICE, "from")]
+    assert [(r.recipient, r.payload["op"]) for r in await outbox.next_batch(db.reader, 0, 10)] == [
+        (ALICE, "add"), (ALICE, "remove"),
+    ]
+    transport.refuse.clear()
+    transport.log.clear()
+    await dispatcher.drain()
+    assert roster_log(transport.log) == [(ALICE, BOB, "to"), (ALICE, BOB, "remove")]
+    assert await outbox.count(db.reader) == 0
+
+
+async def test_a_change_the_server_refuses_for_good_is_dropped(db: Database) -> None:
+    transport = FakeTransport(db)
+    transport.fail.add(ALICE)
+    await add_rows(db, [("roster", ALICE, grant(BOB, "to")), ("message", ALICE, msg(1))])
+    await OutboxDispatcher(db, transport).drain()
+    assert await outbox.count(db.reader) == 0
+    assert await records.get(db.reader, ALICE, BOB) is None
+
+
+async def test_rows_committed_elsewhere_are_found_by_the_poll(db: Database) -> None:
+    """Without a wake-up (say, `resync` in another process), the poll finds the rows."""
+    transport = FakeTransport(db)
+    dispatcher = OutboxDispatcher(db, transport, poll_s=0.05)
+    dispatcher.start()
+    try:
+        await add_rows(db, [("message", ALICE, msg(1))])
+
+        async def delivered() -> None:
+            while dispatcher.delivered < 1:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(delivered(), 5)
+    finally:
+        await dispatcher.stop()
