@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from local_prosody import LocalProsody, _lua_str, ensure_prosody_installed, free_port  # noqa: E402,F401
 
 from component.model import BareJid, PresenceRequest, RequestId, RequestStatus, User, UserId  # noqa: E402
-from component.notifications import handshake_messages, roster_item  # noqa: E402
+from component.notifications import handshake_messages, roster_grant  # noqa: E402
 from storage import Database  # noqa: E402
 
 DOMAIN = "example.test"
@@ -94,7 +94,7 @@ class BenchProsody(LocalProsody):
 
     def config_text(self) -> str:
         text = super().config_text()
-        grant = '] = { roster = "both"; message = "outgoing" };\n'
+        grant = '] = { roster = "both"; message = "outgoing"; presence = "managed_entity" };\n'
         line = f"    [{_lua_str(self.component_jid)}{grant}"
         if line not in text or "    debug = " not in text:
             raise RuntimeError("scripts/local_prosody.py config layout changed; update benchmarks/stack.py")
@@ -389,7 +389,7 @@ def populate_db(path: Path, rows: int, outbox_jids: list[str], outbox_rows: int 
         request = PresenceRequest(RequestId(secrets.token_hex(12)), User(UserId("0" * 24), BareJid(a)),
                                   User(UserId("1" * 24), BareJid(b)), RequestStatus.ACCEPTED, now, now)
         notes = handshake_messages(request, "update", "accepted") + [
-            roster_item(BareJid(a), BareJid(b), "to"), roster_item(BareJid(b), BareJid(a), "from")]
+            roster_grant(BareJid(a), BareJid(b), "to"), roster_grant(BareJid(b), BareJid(a), "from")]
         for n in notes:
             outbox.append((n.kind, n.recipient, json.dumps(n.payload, separators=(",", ":")), now))
     conn.executemany("INSERT INTO outbox (kind, recipient, payload, created_at) VALUES (?, ?, ?, ?)",

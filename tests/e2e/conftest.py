@@ -4,7 +4,10 @@ Nothing here stands in for the XMPP server or the database. Ports are chosen
 free at run time; every server a fixture starts, it stops.
 
 - `prosody` (session): a throwaway Prosody 0.12 with mod_privilege granting the
-  component roster "both"; users alice, bob, carol and dave (see `PASSWORDS`).
+  component roster "both" and presence "managed_entity"; users alice, bob, carol and
+  dave of example.test, and erin of a second domain, other.test (see `PASSWORDS`).
+  Every user's roster is emptied after each test (`clean_rosters`): the service
+  treats items it did not create as the users' own, so nothing may leak between tests.
 - `service` (function): `component.__main__.Service` run in-process on the
   test's event loop, with a fresh SQLite file; ready once /healthz says
   connected with the roster privilege granted.
@@ -58,9 +61,17 @@ from component.clock import Clock  # noqa: E402
 from component.config import parse_config  # noqa: E402
 
 DOMAIN = "example.test"
+# A second VirtualHost of the same Prosody, served only by tests that say so.
+OTHER_DOMAIN = "other.test"
 COMPONENT = "presence.example.test"
 SECRET = "e2e-component-secret"
-PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
+PASSWORDS = {
+    "alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw",
+    "strasse": "strasse-pw",  # logs in as Straße too (nodeprep folds ß to ss)
+    "erin": "erin-pw",
+}
+# Users of OTHER_DOMAIN; every other name is of DOMAIN.
+OTHER_USERS = frozenset({"erin"})
 ADMIN_TOKEN = "e2e-admin-token"
 
 NS_CONF = "jabber:iq:configuration"
@@ -77,7 +88,7 @@ ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def jid(name: str) -> str:
-    return f"{name}@{DOMAIN}"
+    return f"{name}@{OTHER_DOMAIN if name in OTHER_USERS else DOMAIN}"
 
 
 # ---- Prosody --------------------------------------------------------------------------
@@ -99,10 +110,11 @@ def start_prosody(grant_roster: bool = True) -> tuple[LocalProsody, Path]:
         c2s_port=free_port(),
         component_port=free_port(),
         grant_roster=grant_roster,
+        extra_domains=(OTHER_DOMAIN,),
     )
     try:
         for name, password in PASSWORDS.items():
-            server.register(name, password)
+            server.register(name, password, jid(name).partition("@")[2])
         server.start()
     except BaseException:
         server.stop()
@@ -119,6 +131,40 @@ def prosody() -> Iterator[LocalProsody]:
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def unprivileged_prosody() -> Iterator[LocalProsody]:
+    """A Prosody of its own whose component gets no privilege (privileged_entities omitted)."""
+    server, workdir = start_prosody(grant_roster=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+async def clean_rosters(prosody: LocalProsody) -> AsyncIterator[None]:
+    """Leave every roster of the shared Prosody empty after each test.
+
+    Autouse, so set up first and torn down last: after the test's services and
+    clients. The service keeps what users had in their rosters (DESIGN "Rosters
+    belong to their users"), so an item left by one test would be the user's own in
+    the next. The cleanup sessions send no initial presence: they probe nothing and
+    no service sees them come online.
+    """
+    yield
+    if not prosody.is_running():
+        return
+    for name in PASSWORDS:
+        user = XmppUser(name, prosody, resource="cleanup")
+        await user.connect(available=False)
+        try:
+            for contact in await user.roster():
+                await user.remove_contact(contact)
+        finally:
+            await user.disconnect()
 
 
 @pytest.fixture
@@ -348,6 +394,8 @@ class XmppUser:
         self.roster_pushes: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         # Kept across reconnects: a probe answer arrives right after the login.
         self.extension_presence: asyncio.Queue[ExtensionPresence] = asyncio.Queue()
+        # Presence from other users (full JID, type, show), e.g. a watched contact's.
+        self.contact_presence: asyncio.Queue[tuple[str, str | None, str | None]] = asyncio.Queue()
 
     async def connect(self, available: bool = True) -> XmppUser:
         """Log in and fetch the roster; with `available`, also send initial presence
@@ -358,6 +406,10 @@ class XmppUser:
         client.enable_plaintext = True
         client.plugin["feature_mechanisms"].unencrypted_plain = True
         client.register_plugin("xep_0030")
+        # A stock client asks its user before approving a subscription request; slixmpp
+        # approves (and subscribes back) by itself unless told not to.
+        client.roster.auto_authorize = None
+        client.roster.auto_subscribe = False
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def on_session_start(_event: object) -> None:
@@ -430,6 +482,11 @@ class XmppUser:
 
     def _on_presence(self, pres: slixmpp.Presence) -> None:
         sender = pres["from"]
+        if sender.domain != COMPONENT and sender.user and sender.bare != self.jid:
+            self.contact_presence.put_nowait(
+                (sender.full, pres.xml.get("type"), pres.xml.findtext("{jabber:client}show"))
+            )
+            return
         if sender.domain != COMPONENT or not sender.user:
             return
         dialog = pres.xml.find(f"{{{NS_PRESENCE_STATE}}}dialog")
@@ -514,6 +571,45 @@ class XmppUser:
             item.get("jid"): item.get("subscription", "none")
             for item in result.xml.iter(f"{{{NS_ROSTER}}}item")
         }
+
+    async def roster_items(self) -> dict[str, tuple[str, str | None, tuple[str, ...]]]:
+        """A fresh roster fetch: contact JID -> (subscription, name, groups)."""
+        assert self.client is not None
+        iq = self.client.make_iq_get(queryxmlns=NS_ROSTER)
+        result = await iq.send(timeout=TIMEOUT)
+        return {
+            item.get("jid"): (
+                item.get("subscription", "none"),
+                item.get("name"),
+                tuple(sorted(g.text or "" for g in item.iter(f"{{{NS_ROSTER}}}group"))),
+            )
+            for item in result.xml.iter(f"{{{NS_ROSTER}}}item")
+        }
+
+    async def set_contact(self, contact: str, name: str | None = None, groups: tuple[str, ...] = ()) -> None:
+        """What a client does when its user names or groups a contact (RFC 6121 2.3)."""
+        assert self.client is not None
+        iq = self.client.make_iq(itype="set")
+        query = ET.SubElement(iq.xml, f"{{{NS_ROSTER}}}query")
+        item = ET.SubElement(query, f"{{{NS_ROSTER}}}item", {"jid": contact})
+        if name:
+            item.set("name", name)
+        for group in groups:
+            ET.SubElement(item, f"{{{NS_ROSTER}}}group").text = group
+        await iq.send(timeout=TIMEOUT)
+
+    def broadcast(self, show: str | None = None) -> None:
+        """A presence update to every contact that sees this user (RFC 6121 4.4)."""
+        assert self.client is not None
+        self.client.make_presence(pshow=show).send()
+
+    async def next_contact_presence(self, count: int = 1) -> list[tuple[str, str | None, str | None]]:
+        """The next `count` presence stanzas from other users: (full JID, type, show)."""
+        out = []
+        async with asyncio.timeout(TIMEOUT):
+            for _ in range(count):
+                out.append(await self.contact_presence.get())
+        return out
 
     # -- talking to the component -----------------------------------------------------
 

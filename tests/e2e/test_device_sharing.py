@@ -48,12 +48,11 @@ from tests.e2e.conftest import (
     error_condition,
     jid,
 )
-from tests.e2e.test_subscriptions import (  # noqa: F401  (forget_extension_contacts: autouse fixture)
+from tests.e2e.test_subscriptions import (
     Tenant,
     assert_kazoo_success,
     ext_jid,
     extension_roster,
-    forget_extension_contacts,
     listing,
     post_state,
     provision,
@@ -235,8 +234,8 @@ def deviceshare_of(answer: Any) -> dict[str, str]:
 async def test_app_share_accepted_gives_presence_and_cancel_revokes_it(
     api: RestApi, world: World, alice: XmppUser, bob: XmppUser, carol: XmppUser
 ) -> None:
-    # carol subscribes to the desk phone the family 2 way: she witnesses every change.
-    await subscribe(carol, DESK)
+    # alice, the desk phone's manager, subscribes the family 2 way: she witnesses every change.
+    await subscribe(alice, DESK)
     code = await share(api, world.alice, device_id=world.device, user=bob.jid, expire=3600, mode="app")
     assert await alice.next_sharing() == [sharing(code, "create", "sent", "pending", world.device, "app")]
     assert await bob.next_sharing() == [sharing(code, "create", "received", "pending", world.device, "app")]
@@ -267,12 +266,12 @@ async def test_app_share_accepted_gives_presence_and_cancel_revokes_it(
         "timestamp": bobs["timestamp"],
         "version": 1,
     }
-    assert sequences(data) == {(DESK, bob.jid): (1, "terminated"), (DESK, carol.jid): (1, "terminated")}
+    assert sequences(data) == {(DESK, bob.jid): (1, "terminated"), (DESK, alice.jid): (1, "terminated")}
 
     # Later state changes of the device reach bob.
     await post_state(api, world.tenant.path(f"/devices/{world.device}/presence"), {"action": "set", "state": "confirmed"})
     assert await bob.next_extension_presence() == [shows(DESK, "confirmed", 2)]
-    assert await carol.next_extension_presence() == [shows(DESK, "confirmed", 2)]
+    assert await alice.next_extension_presence() == [shows(DESK, "confirmed", 2)]
 
     accepted = entry(code, world, world.bob, "accept", "app")
     assert undated(await shares_of(api, world.alice)) == [accepted]
@@ -291,12 +290,12 @@ async def test_app_share_accepted_gives_presence_and_cancel_revokes_it(
     await refused(api, world.alice, "cancel", code, 4031008)  # replay
     await refused(api, world.bob, "accept", code, 4031008)
 
-    # The next change reaches carol and no longer bob; the listing no longer shows him.
+    # The next change reaches alice and no longer bob; the listing no longer shows him.
     await post_state(api, world.tenant.path(f"/devices/{world.device}/presence"), {"action": "set", "state": "early"})
-    assert await carol.next_extension_presence() == [shows(DESK, "early", 3)]
-    await bob.roster()  # a round trip through Prosody after carol's delivery
+    assert await alice.next_extension_presence() == [shows(DESK, "early", 3)]
+    await bob.roster()  # a round trip through Prosody after alice's delivery
     assert bob.extension_presence.empty()
-    assert sequences(await listing(api, world.tenant)) == {(DESK, carol.jid): (3, "early")}
+    assert sequences(await listing(api, world.tenant)) == {(DESK, alice.jid): (3, "early")}
 
     canceled = entry(code, world, world.bob, "cancel", "app", reason="desk reassigned")
     assert undated(await shares_of(api, world.alice)) == [canceled]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -22,7 +21,6 @@ from tests.e2e.conftest import (
     healthy,
     jid,
     management,
-    start_prosody,
     wait_for_health,
     wait_until,
 )
@@ -201,16 +199,6 @@ async def test_sigkill_keeps_every_acknowledged_request_and_token(
 
 
 # ---- a server that grants no roster privilege ------------------------------------------------
-
-
-@pytest.fixture
-def unprivileged_prosody() -> Iterator[LocalProsody]:
-    server, workdir = start_prosody(grant_roster=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def test_without_roster_privilege_messages_still_flow(
