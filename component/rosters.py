@@ -145,12 +145,18 @@ class Rosters:
         self.component_jid = component_jid
         self.on_commit = on_commit
 
-    async def granted(self, owner: BareJid) -> dict[str, int]:
+    async def granted(self, owner: BareJid) -> tuple[dict[str, int], bool]:
         """The items of `owner` where the service holds a direction, with their record's
-        version: read before the roster, so that `reconcile` can tell a direction the
-        user removed from one the dispatcher changed meanwhile."""
-        found = await self.db.read(lambda conn: records.for_owner(conn, owner))
-        return {r.contact: r.version for r in found if r.granted != "none"}
+        version (read before the roster, so that `reconcile` can tell a direction the
+        user removed from one the dispatcher changed meanwhile), and whether roster
+        changes for `owner` are still queued (a check now could miss them)."""
+
+        async def read(conn: Conn) -> tuple[dict[str, int], bool]:
+            found = await records.for_owner(conn, owner)
+            queued = await outbox.roster_contacts_queued(conn, owner)
+            return {r.contact: r.version for r in found if r.granted != "none"}, bool(queued)
+
+        return await self.db.read(read)
 
     async def reconcile(
         self, owner: BareJid, live: dict[str, RosterItem], seen: dict[str, int]

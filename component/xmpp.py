@@ -509,16 +509,17 @@ class PresenceComponent(ComponentXMPP):
         try:
             while True:
                 self._check_again.discard(owner)
-                seen = await self.rosters.granted(owner)
+                seen, in_flight = await self.rosters.granted(owner)
+                deferred = in_flight
                 if seen:  # most users hold nothing the service granted: no roster read
                     live = await self.roster_items(owner)
-                    result = await self.rosters.reconcile(owner, live, seen)
-                    if result.deferred and retries:
-                        # Some of the user's roster changes were in flight: look again once
-                        # the dispatcher has had time to apply them.
-                        retries -= 1
-                        await asyncio.sleep(ROSTER_CHECK_RETRY_S)
-                        continue
+                    deferred = (await self.rosters.reconcile(owner, live, seen)).deferred or in_flight
+                if deferred and retries:
+                    # Some of the user's roster changes were in flight: look again once the
+                    # dispatcher has had time to apply them.
+                    retries -= 1
+                    await asyncio.sleep(ROSTER_CHECK_RETRY_S)
+                    continue
                 if owner not in self._check_again:
                     return
         except (TransportGone, RosterRefused, RosterFailed) as exc:
