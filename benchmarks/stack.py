@@ -241,7 +241,7 @@ class ServiceProcess:
                 try:
                     async with http.get(f"{self.base_url}/healthz") as resp:
                         last = (resp.status, await resp.json())
-                        if resp.status == 200 and last[1] == want:
+                        if resp.status == 200 and {k: last[1].get(k) for k in want} == want:
                             return
                 except (aiohttp.ClientError, ValueError):
                     pass

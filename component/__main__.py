@@ -32,7 +32,8 @@ from component.rosters import Rosters
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
 from http_bridge import Services, build_app
-from storage import Database, SchemaTooNew
+from storage import Conn, Database, SchemaTooNew, dead_letters, outbox
+from storage import mail as mail_outbox
 
 log = logging.getLogger("component")
 
@@ -52,6 +53,17 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+async def delivery_backlog(conn: Conn) -> dict[str, int | None]:
+    """How much waits to be delivered, in one read."""
+    pending, oldest = await outbox.depth(conn)
+    return {
+        "outbox_pending": pending,
+        "outbox_oldest": oldest,
+        "mail_pending": await mail_outbox.count(conn),
+        "dead_letters": await dead_letters.count(conn),
+    }
+
+
 class Service:
     """Everything the process runs, wired together."""
 
@@ -67,16 +79,20 @@ class Service:
             config.auth.login_timeout_s,
             config.auth.max_concurrent_logins,
         )
+        limits = config.limits
         self.identity = Identity(
-            self.db, self.clock, served, verifier, config.auth.token_ttl_s, config.auth.admin_token
+            self.db, self.clock, served, verifier, config.auth.token_ttl_s, config.auth.admin_token,
+            limits.max_tokens_per_user,
         )
         self.sharing = PresenceSharing(
-            self.db, self.clock, served, self._outbox_written, config.limits.max_pending_sent
+            self.db, self.clock, served, self._outbox_written, limits.max_pending_sent,
+            limits.max_unseen_targets_per_user,
         )
         component_jid = config.component.jid
         self.provisioning = Provisioning(self.db, self.clock, served, component_jid, self._outbox_written)
         self.states = PresenceStates(
-            self.db, self.clock, served, self.provisioning, self._outbox_written, component_jid
+            self.db, self.clock, served, self.provisioning, self._outbox_written, component_jid,
+            limits.max_subscriptions_per_user,
         )
         self.rosters = Rosters(self.db, self.clock, component_jid, self._outbox_written)
         self.mail = MailDispatcher(self.db, self.clock, config.smtp)
@@ -90,6 +106,7 @@ class Service:
                 max_pending_per_device=config.sharing.max_pending_per_device,
                 email_enabled=bool(config.smtp.host),
                 public_url=config.sharing.public_url,
+                max_unseen_targets=limits.max_unseen_targets_per_user,
             ),
             self._outbox_written,
             self.mail.wake,
@@ -105,7 +122,8 @@ class Service:
             frozenset(parse_bare_jid(a) for a in config.auth.xmpp_admins),
         )
         self.dispatcher = OutboxDispatcher(
-            self.db, self.xmpp, clock=self.clock, poll_s=config.component.outbox_poll_s
+            self.db, self.xmpp, clock=self.clock, poll_s=config.component.outbox_poll_s,
+            max_attempts=config.component.outbox_max_attempts,
         )
         self.xmpp.dispatcher = self.dispatcher
         self.xmpp.rosters = self.rosters
@@ -127,27 +145,48 @@ class Service:
     def _outbox_written(self) -> None:
         self.dispatcher.wake()
 
-    async def health(self) -> tuple[bool, dict[str, str]]:
-        storage_ok = await self.db.ping()
+    async def health(self) -> tuple[bool, dict[str, object]]:
+        """GET /healthz: 200 while the XMPP session is up and storage works; the outbox's
+        depth and age, the mail backlog and the dead letters say how far behind it is."""
+        storage = await self.db.state()
         status = self.xmpp.status()
-        body = {"xmpp": status["xmpp"], "storage": "ok" if storage_ok else "error", "roster": status["roster"]}
-        return storage_ok and status["xmpp"] == "connected", body
+        body: dict[str, object] = {"xmpp": status["xmpp"], "storage": storage, "roster": status["roster"]}
+        try:
+            backlog = await self.db.read(delivery_backlog)
+        except Exception:  # noqa: BLE001 - storage's state already says why
+            backlog = {}
+        now = self.clock.now_ms()
+        oldest = backlog.get("outbox_oldest")
+        body["outbox_pending"] = backlog.get("outbox_pending", 0)
+        body["outbox_oldest_age_s"] = round(max(0, now - oldest) / 1000, 1) if oldest else 0
+        body["mail_pending"] = backlog.get("mail_pending", 0)
+        body["dead_letters"] = backlog.get("dead_letters", 0)
+        return storage == "ok" and status["xmpp"] == "connected", body
 
     async def start(self) -> None:
         await self.db.open()
         self.dispatcher.start()
         if self.config.smtp.host:
             self.mail.start()
-        self._sweeper = asyncio.create_task(
-            self.device_sharing.run_sweeper(self.config.sharing.sweep_interval_s),
-            name="device-share-sweeper",
-        )
+        self._sweeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
         log.info("http bridge listening on http://%s:%d", self.config.http.host, self.config.http.port)
         self.xmpp.start()
+
+    async def _housekeeping(self) -> None:
+        """Every `[sharing] sweep_interval_s`: expired shares turn `overtime` (both parties
+        told), expired tokens go, and users only ever named as targets that nothing
+        refers to any more are forgotten."""
+        while True:
+            for chore in (self.device_sharing.sweep, self.identity.housekeeping):
+                try:
+                    await chore()
+                except Exception:
+                    log.exception("housekeeping: %s failed; retrying next round", chore.__qualname__)
+            await asyncio.sleep(self.config.sharing.sweep_interval_s)
 
     async def stop(self) -> None:
         await self.xmpp.close()

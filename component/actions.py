@@ -80,6 +80,7 @@ class Identity:
         verifier: PasswordVerifier,
         token_ttl_s: int,
         admin_token: str = "",
+        max_tokens_per_user: int = 20,
     ) -> None:
         self.db = db
         self._admin_token = admin_token
@@ -87,6 +88,7 @@ class Identity:
         self.served_domains = served_domains
         self.verifier = verifier
         self.token_ttl_ms = token_ttl_s * 1000
+        self.max_tokens_per_user = max_tokens_per_user
 
     def check_served(self, jid: BareJid) -> None:
         if jid_domain(jid) not in self.served_domains:
@@ -95,7 +97,7 @@ class Identity:
     async def user_for_jid(self, jid: BareJid) -> User:
         """The user behind a stanza's (server-stamped) sender, created on first sight."""
         self.check_served(jid)
-        user = await self.db.read(lambda conn: users.by_jid(conn, jid))
+        user = await self.db.read(lambda conn: users.seen_by_jid(conn, jid))
         if user is not None:
             return user
         now = self.clock.now_ms()
@@ -115,15 +117,33 @@ class Identity:
         now = self.clock.now_ms()
         token_hash = _token_hash(token)
 
-        async def issue(tx: Conn) -> User:
+        async def issue(tx: Conn) -> tuple[User, int]:
             user = await users.get_or_create(tx, jid, now)
             await tokens.insert(tx, token_hash, user.id, now, now + self.token_ttl_ms)
-            await tokens.purge_expired(tx, now)
-            return user
+            # A bounded number of live sessions per user: the oldest make room.
+            revoked = await tokens.keep_newest(tx, user.id, self.max_tokens_per_user)
+            return user, revoked
 
-        user = await self.db.write(issue)
-        log.info("login accepted for %s (user %s)", jid, user.id)
+        user, revoked = await self.db.write(issue)
+        log.info(
+            "login accepted for %s (user %s)%s", jid, user.id,
+            f"; {revoked} oldest token(s) revoked (max_tokens_per_user)" if revoked else "",
+        )
         return token, user
+
+    async def housekeeping(self, batch: int = 1000) -> int:
+        """Forget expired tokens and the users that were only named as targets and that
+        nothing refers to any more. Returns how many users went."""
+        now = self.clock.now_ms()
+
+        async def purge(tx: Conn) -> int:
+            await tokens.purge_expired(tx, now)
+            return await users.forget_unreferenced(tx, batch)
+
+        forgotten = await self.db.write(purge)
+        if forgotten:
+            log.info("users: %d named but never seen, no longer referred to, forgotten", forgotten)
+        return forgotten
 
     async def authenticate(self, token: str | None) -> User:
         if not token:
@@ -167,12 +187,14 @@ class PresenceSharing:
         served_domains: frozenset[str],
         on_commit: Callable[[], None] = lambda: None,
         max_pending_sent: int = 1000,
+        max_unseen_targets: int = 1000,
     ) -> None:
         self.db = db
         self.clock = clock
         self.served_domains = served_domains
         self.on_commit = on_commit
         self.max_pending_sent = max_pending_sent
+        self.max_unseen_targets = max_unseen_targets
 
     async def create(self, cmd: CreatePresenceRequest) -> PresenceRequest:
         now = self.clock.now_ms()
@@ -181,7 +203,7 @@ class PresenceSharing:
             if cmd.to_jid is not None:
                 if jid_domain(cmd.to_jid) not in self.served_domains:
                     raise BadRequest(f"toJid must be a user of a served domain, not {cmd.to_jid}")
-                target = await users.get_or_create(tx, cmd.to_jid, now)
+                target = await name_target(tx, cmd.caller, cmd.to_jid, now, self.max_unseen_targets)
             else:
                 assert cmd.to_user_id is not None
                 found = await users.by_id(tx, cmd.to_user_id)
@@ -290,6 +312,18 @@ class PresenceSharing:
         if request is None or caller.id not in (request.from_user.id, request.to_user.id):
             raise NotFound(f"presence request {request_id} not found")
         return request
+
+async def name_target(tx: Conn, caller: User, jid: BareJid, now: int, max_unseen: int) -> User:
+    """The user `caller` names (a request's toJid, a share's user), created unseen if the
+    service never saw it; a caller may have at most `max_unseen` such users at once
+    (they are forgotten once nothing refers to them)."""
+    target, created = await users.named(tx, jid, caller.id, now)
+    if created and await users.unseen_named_by(tx, caller.id) > max_unseen:
+        raise LimitReached(
+            f"at most {max_unseen} users that never logged in may be named at once", "toJid", "limit"
+        )
+    return target
+
 
 def roster_changes(request: PresenceRequest, granted: bool) -> list[Notification]:
     """The one direction `request` is about, added (accept) or removed (interrupt, or

@@ -33,6 +33,9 @@ class ComponentConfig:
     # How often the outbox is read even when nothing woke its dispatcher (rows
     # committed by another process, such as `python -m component resync`).
     outbox_poll_s: float = 5.0
+    # Attempts of a notification the server refuses (or that cannot be built) before it
+    # is moved to the dead_letters table; retries back off from 2 s, doubling, to 5 min.
+    outbox_max_attempts: int = 8
 
     def served_domains(self) -> frozenset[str]:
         """The served domains as the server writes them (nameprep)."""
@@ -73,6 +76,12 @@ class LimitsConfig:
     max_pending_sent: int = 1000
     # Largest page a list call may ask for.
     max_page_size: int = 1000
+    # Live tokens per user: a login beyond it revokes that user's oldest token.
+    max_tokens_per_user: int = 20
+    # XMPP subscriptions to extensions per subscriber (more are answered `unsubscribed`).
+    max_subscriptions_per_user: int = 500
+    # Users one user may name (toJid, a share's user) that never logged in, at once.
+    max_unseen_targets_per_user: int = 1000
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from component.clock import Clock
 from component.notifications import MESSAGE, PRESENCE, ROSTER
 from component.rosters import RosterChange, RosterItem, plan
-from component.worker import Worker
+from component.worker import Backoff, Worker
 from storage import Conn, Database, outbox
 from storage import rosters as records
 from storage.outbox import OutboxRow
@@ -43,8 +43,8 @@ class RosterRefused(Exception):
 
 
 class RosterFailed(Exception):
-    """The server refused this one change for good (say, the account does not exist):
-    logged, and the row is not retried."""
+    """The server refused this one change (say, the account does not exist): an attempt
+    of the row is spent; it is retried with backoff, then moved aside."""
 
 
 class Transport(Protocol):
@@ -53,6 +53,11 @@ class Transport(Protocol):
     @property
     def ready(self) -> bool:
         """Session up and privileges known."""
+
+    @property
+    def generation(self) -> int:
+        """Which stream this is: moves with every session (a barrier answered on a new
+        stream proves nothing about what was sent on the old one)."""
 
     @property
     def roster_ready(self) -> bool:
@@ -74,23 +79,41 @@ class Transport(Protocol):
     async def remove_roster_item(self, owner: str, contact: str) -> None:
         """Raises TransportGone, RosterRefused or RosterFailed (an absent item is done)."""
 
-    async def barrier(self) -> None:
-        """Returns once the server has processed everything sent before; TransportGone otherwise."""
+    async def barrier(self, generation: int) -> None:
+        """Returns once the server has processed everything sent before on stream
+        `generation`; TransportGone otherwise (that stream is gone)."""
 
 
 @dataclass(frozen=True)
 class _Applied:
-    """The fate of one roster row: `done` (delete it: applied, or failed for good) or
-    waiting; and the item's record after it, to store with the deletion."""
+    """The fate of one roster row: `done` (delete it), waiting (kept, in order), or
+    `failed` (an attempt spent: retried later, or moved aside); and the item's record
+    after it, to store with the deletion."""
 
-    row_id: int
+    row: OutboxRow
     done: bool
     record: RosterRecord | None = None
+    failed: str | None = None
+    final: bool = False  # no retry can help: moved aside at once
+
+
+@dataclass
+class _Window:
+    """Rows sent and not yet confirmed, as one confirmation will settle them."""
+
+    ids: list[int] = field(default_factory=list)  # messages and presences sent
+    roster: list[asyncio.Task[_Applied]] = field(default_factory=list)
+    # Rows whose attempt failed: (row, why, final: no retry can help).
+    failed: list[tuple[OutboxRow, str, bool]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids) + len(self.roster) + len(self.failed)
 
 
 class OutboxDispatcher(Worker):
     """Woken after every commit that wrote outbox rows, after every (re)connect, and
-    every `poll_s` seconds (rows committed by another process, such as `resync`)."""
+    every `poll_s` seconds (rows committed by another process, such as `resync`, and
+    rows whose retry is due)."""
 
     task_name = "outbox-dispatcher"
 
@@ -102,6 +125,8 @@ class OutboxDispatcher(Worker):
         confirm_window: int = 2000,
         clock: Clock | None = None,
         poll_s: float = 5.0,
+        max_attempts: int = 8,
+        retry: Backoff = Backoff(2_000, 300_000),
     ) -> None:
         super().__init__()
         self.db = db
@@ -110,8 +135,12 @@ class OutboxDispatcher(Worker):
         self.confirm_window = confirm_window
         self.clock = clock or Clock()
         self.poll_s = poll_s
+        self.max_attempts = max_attempts
+        self.retry = retry
         self.delivered = 0
+        self.dead = 0
         self._waiting: set[tuple[str, str]] = set()  # roster items whose rows wait (this drain)
+        self._in_flight: set[int] = set()  # sent on the current stream, not yet confirmed
 
     async def _run(self) -> None:
         while True:
@@ -132,26 +161,43 @@ class OutboxDispatcher(Worker):
                 self._wake.set()
 
     async def drain(self) -> None:
-        """Deliver every row in the outbox, oldest first, until it is empty.
+        """Deliver every due row in the outbox, oldest first, until none is left.
 
         Rows are sent as they are read, batch after batch, without waiting for the
         previous batch's roster IQs: those run as one ordered chain per roster item
         (owner and contact: each change reads the item its predecessor left), up to
         the transport's IQ bound, across batch boundaries. Rows are confirmed (every
-        roster answer in, then the barrier) and deleted in windows of up to
-        `confirm_window` rows, and whenever the outbox runs dry. A confirmation runs
-        in the background, one at a time: rows committed meanwhile are sent at once,
-        so the server's pipeline does not drain while we wait for the last answers of
-        a window.
+        roster answer in, then the barrier, on the stream they were sent on) and
+        deleted in windows of up to `confirm_window` rows, and whenever the outbox runs
+        dry. A confirmation runs in the background, one at a time: rows committed
+        meanwhile are sent at once, so the server's pipeline does not drain while we
+        wait for the last answers of a window.
+
+        A row whose delivery fails (the server refuses it, it cannot be built) is
+        retried with backoff and after `max_attempts` moved to `dead_letters`; it never
+        holds up other rows, except later changes of the same roster item, which keep
+        their order. When the stream is lost, the rows in flight are marked suspect and
+        the next drain sends each alone first: a row that breaks the stream is then
+        found (and counted) without blaming the rows sent with it.
         """
-        cursor = 0
-        window: list[int] = []  # messages and presences sent, not yet confirmed
-        roster_window: list[asyncio.Task[_Applied]] = []  # roster rows, likewise
-        chains: dict[tuple[str, str], asyncio.Task[_Applied]] = {}
-        confirming: asyncio.Task[None] | None = None
+        if not self.transport.ready:
+            return
+        generation = self.transport.generation
         self._waiting = set()
         try:
-            while self.transport.ready:
+            await self._deliver_suspects(generation)
+            await self._deliver_all(generation)
+        except TransportGone:
+            await self._lost()
+            raise
+
+    async def _deliver_all(self, generation: int) -> None:
+        cursor = 0
+        window = _Window()
+        chains: dict[tuple[str, str], asyncio.Task[_Applied]] = {}
+        confirming: asyncio.Task[None] | None = None
+        try:
+            while self._current(generation):
                 if confirming is not None and confirming.done():
                     confirming.result()  # its failure (TransportGone) ends this drain
                     confirming = None
@@ -160,18 +206,15 @@ class OutboxDispatcher(Worker):
                     lambda conn, after=cursor: outbox.next_batch(conn, after, self.batch_size, roster)
                 )
                 if rows:
-                    self._send(rows, chains, window, roster_window)
+                    self._send(rows, chains, window, self.clock.now_ms())
                     cursor = rows[-1].id
-                pending = len(window) + len(roster_window)
-                if pending and (
-                    pending >= self.confirm_window or (not rows and confirming is None)
-                ):
+                if len(window) and (len(window) >= self.confirm_window or (not rows and confirming is None)):
                     if confirming is not None:  # one confirmation at a time
                         await confirming
                     # Confirmed in the background: rows committed meanwhile go out at once
                     # instead of waiting for these answers (no pipeline bubble under load).
-                    confirming = asyncio.create_task(self._confirm(window, roster_window))
-                    window, roster_window = [], []
+                    confirming = asyncio.create_task(self._confirm(window, generation))
+                    window = _Window()
                     # `chains` keeps finished tasks too, for this drain: the next change of
                     # an item starts from the record its predecessor left, which the
                     # confirmation may not have stored yet.
@@ -180,9 +223,43 @@ class OutboxDispatcher(Worker):
                 if confirming is None:  # dry, and everything sent is confirmed
                     return
                 await self._woken_or(confirming)
+            raise TransportGone()  # a new stream (or none) since this drain began
         finally:
-            for task in [*chains.values(), *roster_window, *([confirming] if confirming else [])]:
+            for task in [*chains.values(), *window.roster, *([confirming] if confirming else [])]:
                 _discard(task)
+
+    def _current(self, generation: int) -> bool:
+        return self.transport.ready and self.transport.generation == generation
+
+    async def _deliver_suspects(self, generation: int) -> None:
+        """Rows in flight when a stream was lost, each sent alone and confirmed before the
+        next: if the stream goes again, the row alone is to blame (one attempt spent)."""
+        while self._current(generation):
+            now = self.clock.now_ms()
+            rows = await self.db.read(lambda conn: outbox.suspects(conn, self.batch_size))
+            due = [row for row in rows if row.next_try_at <= now]
+            if not due:
+                return
+            for row in due:
+                window = _Window()
+                self._send([row], {}, window, now, alone=True)
+                try:
+                    await self._confirm(window, generation)
+                except TransportGone:
+                    self._in_flight.discard(row.id)
+                    await self.db.write(
+                        lambda tx, row=row: self._spend(tx, row, "the stream was lost while it was sent alone")
+                    )
+                    raise
+                # Confirmed (deleted), or kept for a retry: either way no longer suspect.
+                await self.db.write(lambda tx, row=row: outbox.clear_suspect(tx, row.id))
+
+    async def _lost(self) -> None:
+        """The stream went with rows in flight: mark them to be sent alone next time."""
+        lost, self._in_flight = self._in_flight, set()
+        if lost:
+            await self.db.write(lambda tx: outbox.mark_suspect(tx, lost))
+            log.info("outbox: %d row(s) were in flight when the stream was lost; they go alone next", len(lost))
 
     async def _woken_or(self, task: asyncio.Task[None]) -> None:
         """Until a commit wakes us (clearing the wake-up) or `task` ends."""
@@ -198,27 +275,42 @@ class OutboxDispatcher(Worker):
         self,
         rows: list[OutboxRow],
         chains: dict[tuple[str, str], asyncio.Task[_Applied]],
-        window: list[int],
-        roster_window: list[asyncio.Task[_Applied]],
+        window: _Window,
+        now: int,
+        alone: bool = False,
     ) -> None:
         for row in rows:
-            if row.kind == MESSAGE:
-                self.transport.send_management(row)
-                window.append(row.id)
-            elif row.kind == PRESENCE:
-                self.transport.send_presence(row)
-                window.append(row.id)
+            key = (row.recipient, str(row.payload.get("jid"))) if row.kind == ROSTER else None
+            if (row.suspect and not alone) or row.next_try_at > now:
+                if key is not None:
+                    self._waiting.add(key)  # later changes of the item wait behind it
+                continue
+            if row.kind in (MESSAGE, PRESENCE):
+                try:
+                    if row.kind == MESSAGE:
+                        self.transport.send_management(row)
+                    else:
+                        self.transport.send_presence(row)
+                except TransportGone:
+                    raise
+                except Exception as exc:  # this row cannot be built: it, not the others
+                    log.warning("outbox: row %d (%s to %s) cannot be sent: %r", row.id, row.kind, row.recipient, exc)
+                    window.failed.append((row, f"cannot be sent: {type(exc).__name__}", False))
+                    continue
+                window.ids.append(row.id)
+                self._in_flight.add(row.id)
             elif row.kind == ROSTER:
-                if not self.transport.roster_allowed(row.recipient):
-                    continue  # waits in the outbox until the server grants roster access
+                assert key is not None
+                if key in self._waiting or not self.transport.roster_allowed(row.recipient):
+                    continue  # waits in the outbox, in order (until the server grants access)
                 # Order matters per roster item (each change reads what the last left).
-                key = (row.recipient, str(row.payload.get("jid")))
                 task = asyncio.create_task(self._roster_row(chains.get(key), key, row))
                 chains[key] = task
-                roster_window.append(task)
+                window.roster.append(task)
+                self._in_flight.add(row.id)
             else:
-                log.error("outbox: unknown row kind %r (row %d), dropping it", row.kind, row.id)
-                window.append(row.id)
+                log.error("outbox: unknown row kind %r (row %d)", row.kind, row.id)
+                window.failed.append((row, f"unknown kind {row.kind!r}", True))
 
     async def _roster_row(
         self, previous: asyncio.Task[_Applied] | None, key: tuple[str, str], row: OutboxRow
@@ -227,12 +319,12 @@ class OutboxDispatcher(Worker):
         TransportGone, stops the rest of the chain)."""
         prior = await previous if previous is not None else None
         if key in self._waiting or (prior is not None and not prior.done):
-            return _Applied(row.id, done=False)  # behind a waiting change: keep the order
+            return _Applied(row, done=False)  # behind a waiting change: keep the order
         try:
             change = RosterChange.from_row(row.recipient, row.payload)
         except ValueError:
-            log.error("outbox: roster row %d is not a roster change, dropping it", row.id)
-            return _Applied(row.id, done=True)
+            log.error("outbox: roster row %d is not a roster change", row.id)
+            return _Applied(row, done=False, failed="not a roster change", final=True)
         record = prior.record if prior is not None and prior.record is not None else await self.db.read(
             lambda conn: records.get(conn, change.owner, change.contact)
         )
@@ -256,38 +348,62 @@ class OutboxDispatcher(Worker):
                 "roster: the server refuses access to %s's roster; the change of %s waits"
                 " in the outbox", change.owner, change.contact,
             )
-            return _Applied(row.id, done=False)
+            return _Applied(row, done=False)
         except RosterFailed as exc:
+            self._waiting.add(key)  # the item's later changes wait for this one's retry
             log.warning(
-                "roster: %s %s of %s in %s's roster failed for good (%s); dropped",
+                "roster: %s %s of %s in %s's roster failed (%s)",
                 "adding" if change.add else "removing", change.direction, change.contact,
                 change.owner, exc,
             )
-            return _Applied(row.id, done=True)
-        return _Applied(row.id, done=True, record=step.record)
+            return _Applied(row, done=False, failed=f"the server answered {exc}")
+        return _Applied(row, done=True, record=step.record)
 
-    async def _confirm(self, ids: list[int], roster_rows: list[asyncio.Task[_Applied]]) -> None:
-        """Wait for the roster answers, then the barrier; then delete the rows that are
-        done and store what was applied to each roster item, in one transaction."""
-        results = await asyncio.gather(*roster_rows, return_exceptions=True)
+    async def _confirm(self, window: _Window, generation: int) -> None:
+        """Wait for the roster answers, then the barrier on the stream the rows were sent
+        on; then, in one transaction, delete the rows that are done, store what was
+        applied to each roster item, and count the attempt of each row that failed."""
+        results = await asyncio.gather(*window.roster, return_exceptions=True)
         applied: list[_Applied] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
             applied.append(result)
-        await self.transport.barrier()
-        done = ids + [a.row_id for a in applied if a.done]
+        await self.transport.barrier(generation)
+        done = window.ids + [a.row.id for a in applied if a.done]
         saves = [a.record for a in applied if a.record is not None]
+        failed = window.failed + [(a.row, a.failed, a.final) for a in applied if a.failed is not None]
         now = self.clock.now_ms()
 
-        async def commit(tx: Conn) -> None:
+        async def commit(tx: Conn) -> int:
             await outbox.delete(tx, done)
             for record in saves:
                 await records.save(tx, record, now)
+            dead = 0
+            for row, error, final in failed:
+                dead += await self._spend(tx, row, error, final)
+            return dead
 
-        await self.db.write(commit)
+        dead = await self.db.write(commit)
+        self._in_flight.difference_update(window.ids)
+        self._in_flight.difference_update(a.row.id for a in applied)
         self.delivered += len(done)
+        self.dead += dead
         log.debug("outbox: delivered %d row(s)", len(done))
+
+    async def _spend(self, tx: Conn, row: OutboxRow, error: str, final: bool = False) -> int:
+        """One attempt of `row` failed: retry it later, or move it aside after the last
+        (or at once when `final`; returns 1 then). Runs inside the caller's transaction."""
+        now = self.clock.now_ms()
+        if final or row.attempts + 1 >= self.max_attempts:
+            await outbox.give_up(tx, row, error, now)
+            log.error(
+                "outbox: giving up on row %d (%s to %s) after %d attempts: %s; kept in dead_letters",
+                row.id, row.kind, row.recipient, row.attempts + 1, error,
+            )
+            return 1
+        await outbox.retry_later(tx, row.id, now + self.retry.delay_ms(row.attempts), error)
+        return 0
 
 
 def _discard(task: asyncio.Task[object]) -> None:

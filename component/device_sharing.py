@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from component.actions import write_outbox
+from component.actions import name_target, write_outbox
 from component.clock import Clock, iso_ms
 from component.commands import ShareAnswer, ShareDevice
 from component.errors import (
@@ -67,6 +67,7 @@ class SharingSettings:
     email_enabled: bool = False
     public_url: str = ""
     list_limit: int = 1000
+    max_unseen_targets: int = 1000
 
 
 class DeviceSharing:
@@ -168,7 +169,7 @@ class DeviceSharing:
             except BadRequest:
                 jid = None
             if jid is not None and jid_domain(jid) in self.served_domains:
-                found = await users.get_or_create(tx, jid, now)
+                found = await name_target(tx, cmd.caller, jid, now, self.settings.max_unseen_targets)
             else:
                 found = await accounts.user_by_email(tx, parse_email(cmd.user, "user"))
         if found is None:
@@ -336,13 +337,6 @@ class DeviceSharing:
             log.info("device shares: %d pending share(s) expired", total)
         return total
 
-    async def run_sweeper(self, interval_s: float) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("device share sweeper failed; retrying next round")
-            await asyncio.sleep(interval_s)
 
 
 

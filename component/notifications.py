@@ -140,4 +140,7 @@ From an XMPP client, send to {component_jid}:
 
 If you did not expect this invitation, ignore this message: it expires by itself.
 """
-    return Mail(share.to_email or "", f'{share.from_user.jid} shares "{device_name}" with you', body)
+    # A header is one line: a device name may hold a line break (it is free text), which
+    # would make the Subject header refuse to be built.
+    name = " ".join(device_name.split())
+    return Mail(share.to_email or "", f'{share.from_user.jid} shares "{name}" with you', body)

@@ -17,7 +17,7 @@ from component.actions import write_outbox
 from component.clock import Clock
 from component.commands import Principal, StateChange
 from component.device_sharing import end_share_by_invitee
-from component.errors import BadRequest, Forbidden, NotFound
+from component.errors import BadRequest, Forbidden, LimitReached, NotFound
 from component.model import (
     XMPP_EVENT,
     Account,
@@ -86,6 +86,7 @@ class PresenceStates:
         provisioning: Provisioning,
         on_commit: Callable[[], None] = lambda: None,
         component_jid: str = "",
+        max_subscriptions_per_user: int = 500,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -93,6 +94,7 @@ class PresenceStates:
         self.provisioning = provisioning
         self.on_commit = on_commit
         self.component_jid = component_jid or provisioning.component_jid
+        self.max_subscriptions_per_user = max_subscriptions_per_user
 
     # ---- subscriptions over XMPP --------------------------------------------------
 
@@ -118,6 +120,10 @@ class PresenceStates:
             found, created, state = await subs.open_subscription(
                 tx, realm, extension, XMPP_EVENT, subscriber, now
             )
+            if created and await subs.count_of_subscriber(tx, subscriber) > self.max_subscriptions_per_user:
+                raise LimitReached(
+                    f"at most {self.max_subscriptions_per_user} subscriptions per user"
+                )
             await write_outbox(
                 tx,
                 [

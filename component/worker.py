@@ -1,9 +1,22 @@
-"""A background task woken by commits: the shape both dispatchers (XMPP outbox, mail) share."""
+"""What both dispatchers (XMPP outbox, mail) share: a background task woken by commits,
+and the backoff of a delivery that failed."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry delays: `first_ms`, doubling with each attempt spent, at most `max_ms`."""
+
+    first_ms: int
+    max_ms: int
+
+    def delay_ms(self, attempts_spent: int) -> int:
+        return min(self.first_ms * 2 ** min(attempts_spent, 30), self.max_ms)
 
 
 class Worker:

@@ -144,6 +144,9 @@ class PresenceComponent(ComponentXMPP):
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._check_again: set[str] = set()
         self.session_up = False
+        # Moves with every session: the dispatcher's barrier proves delivery only on the
+        # stream the rows were sent on.
+        self.generation = 0
         self.privileges_known = False
         self.roster_status = "unavailable"
         self._closing = False
@@ -222,6 +225,7 @@ class PresenceComponent(ComponentXMPP):
 
     async def on_session_start(self, _event: object) -> None:
         log.info("xmpp: component session established as %s", self.boundjid.bare)
+        self.generation += 1
         self.session_up = True
         self._backoff = self.config.reconnect_min_s
         try:
@@ -703,8 +707,8 @@ class PresenceComponent(ComponentXMPP):
                     raise RosterRefused(exc.condition) from exc
                 raise RosterFailed(exc.condition) from exc
 
-    async def barrier(self) -> None:
-        if not self.session_up:
+    async def barrier(self, generation: int) -> None:
+        if not self.session_up or generation != self.generation:
             raise TransportGone()
         domain = min(self.served_domains)
         iq = self.make_iq_get(ito=domain, ifrom=self.boundjid.bare)
@@ -715,6 +719,8 @@ class PresenceComponent(ComponentXMPP):
             raise TransportGone() from exc
         except IqError:
             pass  # any answer proves the server processed what came before
+        if generation != self.generation:
+            raise TransportGone()  # answered on a later stream: proves nothing
 
 
 def _fill(item: stanzas.PresenceHandshake, request: PresenceRequest) -> None:

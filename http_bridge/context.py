@@ -12,7 +12,7 @@ from component.device_sharing import DeviceSharing
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 
-HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
+HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -141,6 +142,9 @@ class _Lane:
         self._run_batch = run_batch
         self._pending: list[_Job[Any]] = []
         self._drainer: asyncio.Future[None] | None = None
+        # Why the last batch failed as a whole (SQLite's error class: a full disk, a
+        # read-only file...), None once a batch succeeds again: /healthz reports it.
+        self.failure: str | None = None
 
     async def run(self, body: Callable[[Conn], Awaitable[T]]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -158,7 +162,11 @@ class _Lane:
                     continue
                 try:
                     await _on_thread(self.conn, lambda raw: self._run_batch(raw, jobs))
+                    self.failure = None
                 except BaseException as exc:  # the batch as a whole failed: tell every member
+                    if isinstance(exc, sqlite3.Error):
+                        self.failure = type(exc).__name__
+                        log.error("storage: a transaction batch failed: %s", exc)
                     error = exc if isinstance(exc, Exception) else RuntimeError("storage call interrupted")
                     for job in jobs:
                         if not job.future.done():
@@ -250,6 +258,20 @@ class Database:
         async with conn.execute("SELECT version FROM schema_version") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def state(self) -> str:
+        """What /healthz says of storage: "ok"; "read-only" when the file or its folder
+        cannot be written (WAL needs both); "error" when reads fail or the last write
+        transaction failed as a whole (a full disk, an I/O error)."""
+        if not await self.ping():
+            return "error"
+        if self.path != ":memory:":
+            folder = str(Path(self.path).parent)
+            if not (os.access(self.path, os.W_OK) and os.access(folder, os.W_OK)):
+                return "read-only"
+        if self._write_lane is not None and self._write_lane.failure is not None:
+            return "error"
+        return "ok"
 
     async def ping(self) -> bool:
         async def one(conn: Conn) -> bool:

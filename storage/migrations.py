@@ -329,9 +329,59 @@ async def _convert_roster_rows(conn: Conn) -> None:
             )
 
 
+async def _v5_delivery_attempts(conn: Conn) -> None:
+    """Hardening (issue #10). A notification that cannot be delivered never blocks the
+    rows behind it: attempts and a retry time per outbox row, rows the stream was lost
+    with, and a dead-letter table for both outboxes (XMPP and mail). Growth is bounded:
+    users only named as targets are told apart from accounts that showed up, and tokens
+    are counted per user."""
+    await _run_script(
+        conn,
+        """
+        -- attempts: deliveries this row failed (an error the server answered, a stanza that
+        -- could not be built, or a stream lost while this row was sent alone). next_try_at:
+        -- not before (ms). suspect: a stream was lost while this row was in flight with
+        -- others; it is sent alone next time, to tell a row that breaks the stream from
+        -- its innocent neighbours.
+        ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN next_try_at INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN suspect INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN last_error TEXT;
+        CREATE INDEX outbox_suspects ON outbox(id) WHERE suspect = 1;
+
+        ALTER TABLE mail_outbox ADD COLUMN last_error TEXT;
+
+        -- What was given up on, kept for the operator (README, "Delivery guarantees").
+        CREATE TABLE dead_letters (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            source      TEXT NOT NULL CHECK (source IN ('outbox', 'mail')),
+            kind        TEXT NOT NULL,              -- message, presence, roster; mail
+            recipient   TEXT NOT NULL,
+            payload     TEXT NOT NULL,              -- the row as it was (JSON)
+            attempts    INTEGER NOT NULL,
+            last_error  TEXT NOT NULL,
+            created_at  INTEGER NOT NULL,           -- when the row was committed
+            failed_at   INTEGER NOT NULL
+        );
+        CREATE INDEX dead_letters_by_time ON dead_letters(failed_at);
+
+        -- Bounded growth. seen_at: when the account showed up itself (a login, a stanza, its
+        -- provisioning); NULL for a JID only named as a target (toJid, a share's user), which
+        -- is forgotten once nothing refers to it. named_by: who named it first (the cap on
+        -- unseen targets per user). Users already stored count as seen.
+        ALTER TABLE users ADD COLUMN seen_at INTEGER;
+        ALTER TABLE users ADD COLUMN named_by TEXT;
+        UPDATE users SET seen_at = created_at;
+        CREATE INDEX users_unseen_by_namer ON users(named_by) WHERE seen_at IS NULL;
+        CREATE INDEX tokens_by_user ON tokens(user_id, created_at);
+        """,
+    )
+
+
 UPGRADES: list[Upgrade] = [
     _v1_initial,
     _v2_presence_subscriptions,
     _v3_device_sharing,
     _v4_consent,
+    _v5_delivery_attempts,
 ]

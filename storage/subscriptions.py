@@ -161,3 +161,9 @@ async def remove_realm(conn: Conn, realm: str) -> None:
     """Forget every subscription and state of a realm (its account was deleted)."""
     await conn.execute("DELETE FROM subscriptions WHERE realm = ?", (realm,))
     await conn.execute("DELETE FROM extension_states WHERE realm = ?", (realm,))
+
+
+async def count_of_subscriber(conn: Conn, subscriber: BareJid) -> int:
+    async with conn.execute("SELECT count(*) FROM subscriptions WHERE subscriber = ?", (subscriber,)) as cur:
+        row = await cur.fetchone()
+    return int(row[0])

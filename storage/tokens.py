@@ -34,3 +34,13 @@ async def delete(conn: Conn, token_hash: bytes) -> bool:
 async def purge_expired(conn: Conn, now_ms: int) -> int:
     cur = await conn.execute("DELETE FROM tokens WHERE expires_at <= ?", (now_ms,))
     return cur.rowcount
+
+
+async def keep_newest(conn: Conn, user_id: UserId, keep: int) -> int:
+    """Revoke the user's oldest tokens beyond the newest `keep`. Returns how many went."""
+    cur = await conn.execute(
+        "DELETE FROM tokens WHERE user_id = ?1 AND hash NOT IN"
+        " (SELECT hash FROM tokens WHERE user_id = ?1 ORDER BY created_at DESC, hash LIMIT ?2)",
+        (user_id, keep),
+    )
+    return cur.rowcount

@@ -226,9 +226,16 @@ async def wait_for_health(
             raise AssertionError(f"/healthz never matched within {timeout} s; last answer {last}") from None
 
 
+HEALTH_KEYS = {
+    "xmpp", "storage", "roster", "outbox_pending", "outbox_oldest_age_s", "mail_pending", "dead_letters",
+}
+
+
 def healthy(roster: str = "granted") -> Callable[[int, dict[str, Any]], bool]:
     expected = {"xmpp": "connected", "storage": "ok", "roster": roster}
-    return lambda status, body: status == 200 and body == expected
+    return lambda status, body: (
+        status == 200 and set(body) == HEALTH_KEYS and {k: body[k] for k in expected} == expected
+    )
 
 
 @dataclass

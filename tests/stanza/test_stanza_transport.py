@@ -198,7 +198,7 @@ async def test_a_late_advertisement_grants_rosters_and_wakes_the_dispatcher(
 
 async def test_the_barrier_is_a_ping_to_the_server(comp: PresenceComponent, wire: Wire) -> None:
     await start_session(comp, wire)
-    waiting = asyncio.ensure_future(comp.barrier())
+    waiting = asyncio.ensure_future(comp.barrier(comp.generation))
     sent = await wire.nth(0)
     assert same_xml(
         sent,
@@ -218,7 +218,7 @@ async def test_without_a_session_the_transport_is_gone(comp: PresenceComponent, 
     with pytest.raises(TransportGone):
         await comp.set_roster_item("alice@example.test", RosterItem("bob@example.test", "to"))
     with pytest.raises(TransportGone):
-        await comp.barrier()
+        await comp.barrier(comp.generation)
     assert wire.sent == []
 
 

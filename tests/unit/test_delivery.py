@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from component.clock import FixedClock
 from component.delivery import OutboxDispatcher, RosterFailed, RosterRefused, TransportGone
 from component.rosters import RosterItem
-from storage import Conn, Database, outbox
+from storage import Conn, Database, dead_letters, outbox
 from storage import rosters as records
 from storage.outbox import OutboxRow
 
@@ -22,6 +23,7 @@ class FakeTransport:
     def __init__(self, db: Database, roster: bool = True, gone_after_sets: int | None = None) -> None:
         self.db = db
         self.ready = True
+        self.generation = 1
         self.roster = roster
         self.gone_after_sets = gone_after_sets
         self.log: list[tuple[str, Any]] = []
@@ -54,8 +56,8 @@ class FakeTransport:
             raise RosterFailed("item-not-found")
 
     async def roster_item(self, owner: str, contact: str) -> RosterItem | None:
+        self.reads += 1  # tried, whatever the answer
         self._check(owner)
-        self.reads += 1
         await asyncio.sleep(0)  # let other items' changes interleave, as real IQs do
         return self.rosters.get(owner, {}).get(contact)
 
@@ -71,7 +73,9 @@ class FakeTransport:
         self.rosters.get(owner, {}).pop(contact, None)
         self.log.append(("roster", (owner, contact, "remove")))
 
-    async def barrier(self) -> None:
+    async def barrier(self, generation: int) -> None:
+        if generation != self.generation:
+            raise TransportGone()
         self.log.append(("barrier", await outbox.count(self.db.reader)))
         self.barrier_reached.set()
 
@@ -152,22 +156,28 @@ async def test_rows_are_kept_when_the_stream_goes_away_mid_batch(
     dispatcher = OutboxDispatcher(db, broken)
     with pytest.raises(TransportGone):
         await dispatcher.drain()
-    assert await outbox.next_batch(db.reader, 0, 100) == stored
+    # Every row is kept; those in flight are marked to go alone next time.
+    kept = await outbox.next_batch(db.reader, 0, 100)
+    assert [r.id for r in kept] == [r.id for r in stored]
+    assert all(r.suspect and r.attempts == 0 for r in kept)
     assert dispatcher.delivered == 0
     assert not any(kind == "barrier" for kind, _ in broken.log)
 
-    # After the reconnect everything goes again, with the same row ids (stanza ids ph-N).
+    # After the reconnect everything goes again, with the same row ids (stanza ids ph-N),
+    # each alone and confirmed before the next: none of them broke the stream.
     healthy = FakeTransport(db)
     healthy.rosters = broken.rosters
     dispatcher.transport = healthy
     await dispatcher.drain()
     assert [e[1][0] for e in healthy.log if e[0] == "message"] == [stored[i].id for i in (0, 3, 6)]
+    assert [kind for kind, _ in healthy.log].count("barrier") == len(ROWS)
     assert await outbox.count(db.reader) == 0
+    assert dispatcher.dead == 0
 
 
 async def test_rows_are_kept_when_the_barrier_fails(db: Database, stored: list[OutboxRow]) -> None:
     class NoBarrier(FakeTransport):
-        async def barrier(self) -> None:
+        async def barrier(self, generation: int) -> None:
             raise TransportGone()
 
     dispatcher = OutboxDispatcher(db, NoBarrier(db))
@@ -197,12 +207,14 @@ async def test_roster_rows_wait_without_the_roster_privilege(
     assert await outbox.count(db.reader) == 0
 
 
-async def test_rows_of_an_unknown_kind_are_dropped(db: Database) -> None:
+async def test_rows_of_an_unknown_kind_are_moved_aside(db: Database) -> None:
     await db.write(lambda tx: outbox.add(tx, "carrier-pigeon", "alice@example.test", {}, 0))
     transport = FakeTransport(db)
     await OutboxDispatcher(db, transport).drain()
     assert transport.log == [("barrier", 1)]
     assert await outbox.count(db.reader) == 0
+    (dead,) = await dead_letters.recent(db.reader)
+    assert (dead.kind, dead.attempts, dead.last_error) == ("carrier-pigeon", 1, "unknown kind 'carrier-pigeon'")
 
 
 async def test_batches_are_confirmed_in_windows_until_the_outbox_is_empty(
@@ -234,10 +246,10 @@ async def test_rows_committed_during_a_confirmation_are_sent_before_it_ends(
     release = asyncio.Event()
 
     class SlowBarrier(FakeTransport):
-        async def barrier(self) -> None:
+        async def barrier(self, generation: int) -> None:
             self.barrier_reached.set()
             await release.wait()
-            await super().barrier()
+            await super().barrier(generation)
 
     transport = SlowBarrier(db)
     dispatcher = OutboxDispatcher(db, transport)
@@ -390,13 +402,121 @@ async def test_a_forbidden_answer_keeps_the_row_and_the_items_later_rows(db: Dat
     assert await outbox.count(db.reader) == 0
 
 
-async def test_a_change_the_server_refuses_for_good_is_dropped(db: Database) -> None:
+async def test_a_change_the_server_refuses_is_retried_then_moved_aside(db: Database) -> None:
+    """It never holds up other rows; its item's later changes keep their order behind it."""
+    clock = FixedClock()
     transport = FakeTransport(db)
     transport.fail.add(ALICE)
-    await add_rows(db, [("roster", ALICE, grant(BOB, "to")), ("message", ALICE, msg(1))])
-    await OutboxDispatcher(db, transport).drain()
+    await add_rows(db, [
+        ("roster", ALICE, grant(BOB, "to")),
+        ("message", ALICE, msg(1)),
+        ("roster", ALICE, revoke(BOB, "to")),
+        ("roster", BOB, grant(ALICE, "from")),
+    ])
+    dispatcher = OutboxDispatcher(db, transport, clock=clock, max_attempts=3)
+    await dispatcher.drain()
+    assert [kind for kind, _ in transport.log] == ["message", "roster", "barrier"]  # bob's item went
+    left = await outbox.next_batch(db.reader, 0, 10)
+    assert [(r.payload["op"], r.attempts, r.next_try_at) for r in left] == [
+        ("add", 1, clock.now_ms() + 2_000), ("remove", 0, 0),
+    ]
+    # Not due yet: nothing is tried, and the removal stays behind the add.
+    transport.log.clear()
+    await dispatcher.drain()
+    assert transport.log == [] and transport.reads == 2
+    for spent in (2, 3):
+        clock.advance(300_000)
+        await dispatcher.drain()
+        assert transport.reads == 2 + spent - 1
+    # Its attempts spent: kept aside, with why; the next change of the item goes on.
+    (dead,) = await dead_letters.recent(db.reader)
+    assert (dead.source, dead.kind, dead.recipient, dead.attempts) == ("outbox", "roster", ALICE, 3)
+    assert dead.payload == grant(BOB, "to") and dead.last_error == "the server answered item-not-found"
+    assert dispatcher.dead == 1
+    transport.fail.clear()
+    await dispatcher.drain()
     assert await outbox.count(db.reader) == 0
-    assert await records.get(db.reader, ALICE, BOB) is None
+
+
+async def test_a_row_that_cannot_be_built_does_not_block_the_others(db: Database) -> None:
+    class Picky(FakeTransport):
+        def send_management(self, row: OutboxRow) -> None:
+            if row.payload["handshake"]["id"] == "r2":
+                raise ValueError("not XML")
+            super().send_management(row)
+
+    clock = FixedClock()
+    transport = Picky(db)
+    await add_rows(db, [("message", ALICE, msg(1)), ("message", ALICE, msg(2)), ("message", BOB, msg(3))])
+    dispatcher = OutboxDispatcher(db, transport, clock=clock, max_attempts=2)
+    await dispatcher.drain()
+    assert [e[1][2]["handshake"]["id"] for e in transport.log if e[0] == "message"] == ["r1", "r3"]
+    (left,) = await outbox.next_batch(db.reader, 0, 10)
+    assert (left.payload, left.attempts) == (msg(2), 1)
+    clock.advance(10_000)
+    await dispatcher.drain()
+    assert await outbox.count(db.reader) == 0
+    (dead,) = await dead_letters.recent(db.reader)
+    assert (dead.payload, dead.last_error) == (msg(2), "cannot be sent: ValueError")
+
+
+async def test_a_row_that_breaks_the_stream_is_found_without_blaming_its_neighbours(db: Database) -> None:
+    """The server closes the stream whenever it gets row r2 (say, a stanza it refuses):
+    after the first loss every row in flight goes alone; only r2 spends attempts."""
+
+    class Breaks(FakeTransport):
+        sent_poison = False
+
+        def send_management(self, row: OutboxRow) -> None:
+            super().send_management(row)
+            if row.payload["handshake"]["id"] == "r2":
+                self.sent_poison = True
+
+        async def barrier(self, generation: int) -> None:
+            if self.sent_poison:  # the server closed the stream after r2
+                self.sent_poison = False
+                self.generation += 1
+                raise TransportGone()
+            await super().barrier(generation)
+
+    clock = FixedClock()
+    transport = Breaks(db)
+    await add_rows(db, [("message", ALICE, msg(n)) for n in (1, 2, 3)])
+    dispatcher = OutboxDispatcher(db, transport, clock=clock, max_attempts=3)
+    with pytest.raises(TransportGone):
+        await dispatcher.drain()  # all three in flight: all suspect, none counted
+    assert [(r.suspect, r.attempts) for r in await outbox.next_batch(db.reader, 0, 10)] == [(True, 0)] * 3
+    with pytest.raises(TransportGone):
+        await dispatcher.drain()  # r1 alone: delivered; r2 alone: the stream goes again
+    left = await outbox.next_batch(db.reader, 0, 10)
+    assert [(r.payload["handshake"]["id"], r.suspect, r.attempts) for r in left] == [("r2", True, 1), ("r3", True, 0)]
+    await dispatcher.drain()  # r2 is not due yet: r3 goes alone, fine
+    for _ in range(2):
+        clock.advance(300_000)
+        with pytest.raises(TransportGone):
+            await dispatcher.drain()
+    assert await outbox.count(db.reader) == 0
+    (dead,) = await dead_letters.recent(db.reader)
+    assert (dead.payload, dead.attempts) == (msg(2), 3)
+    assert sorted(e[1][2]["handshake"]["id"] for e in transport.log if e[0] == "message") == [
+        "r1", "r1", "r2", "r2", "r2", "r2", "r3", "r3",
+    ]
+
+
+async def test_a_barrier_on_a_new_stream_confirms_nothing_sent_on_the_old_one(db: Database) -> None:
+    """The stream was lost and replaced between sending and the barrier."""
+
+    class Replaced(FakeTransport):
+        def send_management(self, row: OutboxRow) -> None:
+            super().send_management(row)
+            self.generation += 1  # lost right after: the next barrier is on a new stream
+
+    transport = Replaced(db)
+    await add_rows(db, [("message", ALICE, msg(1))])
+    with pytest.raises(TransportGone):
+        await OutboxDispatcher(db, transport).drain()
+    (kept,) = await outbox.next_batch(db.reader, 0, 10)
+    assert kept.suspect and kept.attempts == 0
 
 
 async def test_rows_committed_elsewhere_are_found_by_the_poll(db: Database) -> None:

@@ -108,7 +108,10 @@ async def test_a_transaction_aborted_under_a_body_fails_the_whole_batch(db: Data
     # Each caller gets SQLite's own error, not a follow-up one about the lost savepoint.
     assert [str(r) for r in results] == ["database or disk is full"] * 3, results
     assert await rows(db) == set()
+    # /healthz says so until a write transaction succeeds again.
+    assert await db.state() == "error"
     assert await insert(db, 5) == 5
+    assert await db.state() == "ok"
 
 
 async def test_a_body_awaiting_something_else_is_refused_and_rolled_back(db: Database) -> None:

@@ -15,12 +15,13 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from component.clock import FixedClock
-from component.commands import ShareDevice
+from component.commands import CreateDevice, Principal, ShareDevice
 from component.config import SmtpConfig
 from component.device_sharing import DeviceSharing
 from component.mail import MailDispatcher
 from component.model import DeviceShare
-from storage import Database
+from storage import Database, dead_letters
+from storage import mail as mail_outbox
 
 if TYPE_CHECKING:  # conftest is not importable by name: the stanza tier has one too
     from conftest import Home
@@ -133,7 +134,7 @@ async def test_a_known_address_is_mailed_too(
     assert f"Invite code: {created.invite_code}\n" in text_of(message)
 
 
-async def test_a_refused_mail_is_retried_with_backoff_then_dropped(
+async def test_a_refused_mail_is_retried_with_backoff_then_moved_aside(
     device_sharing: DeviceSharing, home: Home, db: Database, clock: FixedClock
 ) -> None:
     await email_share(device_sharing, home)
@@ -151,6 +152,12 @@ async def test_a_refused_mail_is_retried_with_backoff_then_dropped(
     await dispatcher.send_due()  # the third failure reaches max_attempts
     assert await mail_rows(db) == []
     assert dispatcher.sent == 0
+    (dead,) = await dead_letters.recent(db.reader)
+    assert (dead.source, dead.recipient, dead.attempts, dead.last_error) == (
+        "mail", "zoe@mail.test", 3, "SMTPConnectError",
+    )
+    assert dead.payload["subject"] == 'alice@example.test shares "Hall phone" with you'
+    assert dispatcher.dead == 1
 
 
 async def test_a_mail_that_failed_is_sent_once_the_server_is_back(
@@ -190,3 +197,35 @@ async def test_the_running_dispatcher_sends_when_woken(
         await dispatcher.stop()
     assert len(inbox.envelopes) == 1
     assert await mail_rows(db) == []
+
+
+async def test_a_device_name_with_a_line_break_is_one_line_in_the_subject(
+    device_sharing: DeviceSharing, home: Home, db: Database, clock: FixedClock,
+    provisioning, smtp_server: tuple[Inbox, int],
+) -> None:
+    """Issue #10: "lobby\nphone" made the Subject header raise, and the mail outbox stuck."""
+    inbox, port = smtp_server
+    lobby = await provisioning.create_device(
+        Principal(None), home.account.id, CreateDevice("lobby\nphone", "1009", owner_id=home.alice.id)
+    )
+    await device_sharing.share(ShareDevice.from_fields(
+        home.alice, {"device_id": lobby.id, "mode": "email", "user": "zoe@mail.test", "expire": 600}, 86_400
+    ))
+    await MailDispatcher(db, clock, smtp(port)).send_due()
+    [message] = inbox.messages()
+    assert message["Subject"] == 'alice@example.test shares "lobby phone" with you'
+
+
+async def test_a_mail_that_cannot_be_built_does_not_hold_up_the_next(
+    device_sharing: DeviceSharing, home: Home, db: Database, clock: FixedClock,
+    smtp_server: tuple[Inbox, int],
+) -> None:
+    inbox, port = smtp_server
+    await db.write(lambda tx: mail_outbox.add(tx, "bad\r\naddress@mail.test", "hello", "body", START))
+    await email_share(device_sharing, home)
+    dispatcher = MailDispatcher(db, clock, smtp(port, max_attempts=1))
+    await dispatcher.send_due()
+    assert [m["To"] for m in inbox.messages()] == ["zoe@mail.test"]
+    assert await mail_rows(db) == []
+    (dead,) = await dead_letters.recent(db.reader)
+    assert (dead.recipient, dead.attempts) == ("bad\r\naddress@mail.test", 1)
