@@ -38,6 +38,9 @@ class WireError:
         return self.kazoo_message or self.http_reason.lower()
 
 
+MAX_DETAIL = 300
+
+
 class DomainError(Exception):
     """A refusal the caller caused; its text is safe to show to that caller."""
 
@@ -46,6 +49,10 @@ class DomainError(Exception):
     def __init__(self, detail: str, field: str | None = None, rule: str | None = None) -> None:
         """`field` and `rule` name the offending input where there is one (Kazoo's
         per-field error `data`: {field: {rule: {"message": detail}}})."""
+        # A text may quote the caller's input (a JID, an id): an oversized input is not
+        # echoed back whole, whatever wire the error goes out on.
+        if len(detail) > MAX_DETAIL:
+            detail = detail[: MAX_DETAIL - 1] + "…"
         super().__init__(detail)
         self.detail = detail
         self.field = field

@@ -76,6 +76,8 @@ IQ_TIMEOUT_S = 15
 ROSTER_CHECK_RETRY_S = 1.0
 ROSTER_CHECK_RETRIES = 5
 DEFAULT_PAGE = 100
+# RFC 7622 section 3.3: a localpart is at most 1023 bytes.
+MAX_JID_PART = 1023
 
 IqHandler = Callable[["PresenceComponent", Iq], Awaitable[Iq]]
 
@@ -465,8 +467,9 @@ class PresenceComponent(ComponentXMPP):
                     self._state_presence(sender.bare, extension, state.value, None).send()
         except DomainError as exc:
             log.info("presence %s from %s to %s refused: %s", kind, sender, to, exc.detail)
-            if kind in ("subscribe", "probe"):
-                # RFC 6121 section 3.2: denying a subscription is answering `unsubscribed`.
+            if kind in ("subscribe", "probe") and len(local.encode()) <= MAX_JID_PART:
+                # RFC 6121 section 3.2: denying a subscription is answering `unsubscribed`
+                # (to an address no JID can have, RFC 7622 section 3.3, nothing at all).
                 refusal = self.make_presence(pto=sender.bare, ptype="unsubscribed")
                 refusal.xml.set("from", to.partition("/")[0])  # as the sender wrote it
                 refusal.send()
