@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -210,7 +211,13 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await service.start()
+    try:
+        await service.start()
+    except BaseException:
+        # Whatever started must stop (aiosqlite's threads, the dispatchers): otherwise
+        # the process logs the cause and then hangs instead of exiting.
+        await service.stop()
+        raise
     await stop.wait()
     log.info("shutting down")
     await service.stop()
@@ -260,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s; refusing to start", exc)
         return 1
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            log.error(
+                "cannot start: %s:%d is already in use (another service or instance?);"
+                " set [http] port to a free port", config.http.host, config.http.port,
+            )
+            return 2
         log.error("cannot start: %s", exc)
         return 1
     return 0

@@ -221,15 +221,14 @@ log = {{
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_path.mkdir(parents=True, exist_ok=True)
         self.certs_path.mkdir(parents=True, exist_ok=True)
-        # prosodyctl/prosody may run as the 'prosody' user: keep it writable.
+        # The config holds the component secret and the data folder the accounts: for their
+        # owner only. Prosody and prosodyctl both run as that owner here (`run_as_root`
+        # keeps prosodyctl from switching to the `prosody` user as root).
         for p in (self.workdir, self.data_path, self.certs_path):
-            try:
-                os.chmod(p, 0o777)
-            except PermissionError:
-                pass
+            os.chmod(p, 0o700)
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(self.config_text())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o600)
         tmp.replace(self.config_path)
         return self.config_path
 

@@ -14,6 +14,9 @@
 # $COMPONENT_PORT (15347), REST $HTTP_PORT (8080), SMTP $SMTP_PORT (11025); all on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Everything the demo writes (secrets, configs, the database, Prosody's data) is for its
+# owner only: files 0600, folders 0700.
+umask 077
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
@@ -37,10 +40,14 @@ say "installing the project into $VENV"
 
 mkdir -p "$DEMO"
 DEMO_ABS=$(cd "$DEMO" && pwd)
-umask 077
+# A .demo/ from an earlier version may be world-readable: tighten what holds secrets.
+chmod 700 "$DEMO_ABS"
 [ -s "$DEMO/secret" ] || "$VENV/bin/python" -c "import secrets; print(secrets.token_urlsafe(24))" > "$DEMO/secret"
 [ -s "$DEMO/admin_token" ] || "$VENV/bin/python" -c "import secrets; print(secrets.token_urlsafe(32))" > "$DEMO/admin_token"
-umask 022
+chmod 600 "$DEMO/secret" "$DEMO/admin_token"
+for f in "$DEMO_ABS/config.toml" "$DEMO_ABS"/presence.sqlite3*; do
+  if [ -e "$f" ]; then chmod 600 "$f"; fi
+done
 SECRET=$(cat "$DEMO/secret")
 ADMIN_TOKEN=$(cat "$DEMO/admin_token")
 
@@ -87,6 +94,15 @@ if pkill -f -- "-m aiosmtpd .* $DEMO_ABS/mailbox" 2>/dev/null; then
   say "stopped a mailbox left over from an earlier run"
 fi
 sleep 0.5
+
+# Every port must be free before anything starts (a taken one would fail half-way).
+for spec in "C2S_PORT:$C2S_PORT" "COMPONENT_PORT:$COMPONENT_PORT" "HTTP_PORT:$HTTP_PORT" "SMTP_PORT:$SMTP_PORT"; do
+  name=${spec%%:*}; port=${spec#*:}
+  if ! "$VENV/bin/python" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
+    say "127.0.0.1:$port ($name) is already in use; free it or run with $name=<another port>"
+    exit 2
+  fi
+done
 
 say "starting Prosody on 127.0.0.1 (c2s $C2S_PORT, component $COMPONENT_PORT)"
 "$VENV/bin/python" scripts/local_prosody.py up --dir "$DEMO_ABS/xmpp" --domain "$DOMAIN" \

@@ -1,0 +1,91 @@
+"""The README's first command, as a new user runs it: `bash scripts/run.sh`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from local_prosody import free_port
+from tests.e2e.conftest import REPO, wait_for_health
+
+pytestmark = pytest.mark.e2e
+
+
+def demo_env(demo: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DEMO_DIR": str(demo),
+        "C2S_PORT": str(free_port()),
+        "COMPONENT_PORT": str(free_port()),
+        "HTTP_PORT": str(free_port()),
+        "SMTP_PORT": str(free_port()),
+    }
+
+
+async def test_run_sh_brings_the_demo_up_with_private_files_and_stops_everything(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    env = demo_env(demo)
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "scripts/run.sh", cwd=str(REPO), env=env, start_new_session=True,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=open(tmp_path / "run.log", "wb"),  # noqa: SIM115 - closed with the process
+    )
+    base = f"http://127.0.0.1:{env['HTTP_PORT']}"
+    try:
+        await wait_for_health(base, lambda s, b: s == 200 and b.get("roster") == "granted", timeout=120)
+        async with aiohttp.ClientSession() as http:
+            basic = base64.b64encode(b"alice@example.test:alice-password").decode()
+            async with http.get(
+                f"{base}/api/rainbow/authentication/v1.0/login", headers={"Authorization": f"Basic {basic}"}
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+        # Secrets, configs, the database and Prosody's data are for their owner only.
+        for path in [demo, demo / "xmpp", demo / "xmpp" / "data", demo / "mailbox"]:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+        for path in [demo / "secret", demo / "admin_token", demo / "config.toml",
+                     demo / "presence.sqlite3", demo / "xmpp" / "prosody.cfg.lua"]:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise
+    # Ctrl-C stopped Prosody, the mailbox and the service: nothing listens any more.
+    for name in ("C2S_PORT", "COMPONENT_PORT", "HTTP_PORT", "SMTP_PORT"):
+        assert not listening(int(env[name])), name
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connections may linger
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+async def test_run_sh_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
+    env = demo_env(tmp_path / "demo")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(env["HTTP_PORT"])))
+        taken.listen()
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "scripts/run.sh", cwd=str(REPO), env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 2, out.decode()
+    assert f"127.0.0.1:{env['HTTP_PORT']} (HTTP_PORT) is already in use" in out.decode()
+    assert not listening(int(env["C2S_PORT"]))  # Prosody never started
