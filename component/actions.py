@@ -131,6 +131,28 @@ class Identity:
         )
         return token, user
 
+    async def accounts_to_check(self, every_s: float, limit: int = 100) -> list[User]:
+        """Users holding a live token whose XMPP account was not checked for `every_s`."""
+        now = self.clock.now_ms()
+        return await self.db.read(
+            lambda conn: users.due_for_check(conn, now, int(every_s * 1000), limit)
+        )
+
+    async def account_checked(self, user: User, exists: bool | None) -> int:
+        """Record what the XMPP server said of the user's account (None: it could not
+        tell). An account that is gone loses its tokens: a token acts for an account, and
+        a JID created again later is somebody else. Returns how many tokens went."""
+        now = self.clock.now_ms()
+
+        async def record(tx: Conn) -> int:
+            await users.mark_checked(tx, user.id, now)
+            return await tokens.revoke_all(tx, user.id) if exists is False else 0
+
+        revoked = await self.db.write(record)
+        if revoked:
+            log.info("the XMPP account %s is gone: %d token(s) revoked (user %s)", user.jid, revoked, user.id)
+        return revoked
+
     async def housekeeping(self, batch: int = 1000) -> int:
         """Forget expired tokens and the users that were only named as targets and that
         nothing refers to any more. Returns how many users went."""

@@ -68,6 +68,9 @@ class AuthConfig:
     max_concurrent_logins: int = 8
     # Bare JIDs allowed to set/reset presence states over XMPP (<presencestate/> IQ).
     xmpp_admins: tuple[str, ...] = ()
+    # How often each token holder's XMPP account is checked to still exist (its tokens
+    # go when it does not); 0 disables the checks.
+    account_check_s: float = 3600.0
 
 
 @dataclass(frozen=True)

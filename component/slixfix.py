@@ -58,6 +58,16 @@ def privileged_roster_set(
     return iq
 
 
+def privileged_ping(xmpp, owner: str, server: str, ifrom: str) -> Iq:
+    """A XEP-0356 privileged IQ: `owner` pinging its own server (section 6). slixmpp's
+    `send_privileged_iq` needs its plugin, whose grants are class-level (see above)."""
+    iq = xmpp.make_iq_get(ito=owner, ifrom=ifrom)
+    wrapper = ET.SubElement(iq.xml, f"{{{NS_PRIVILEGE}}}privileged_iq")
+    inner = ET.SubElement(wrapper, "{jabber:client}iq", {"type": "get", "id": iq["id"], "to": server})
+    ET.SubElement(inner, "{urn:xmpp:ping}ping")
+    return iq
+
+
 def privileged_roster_get(xmpp, owner: str, ifrom: str) -> Iq:
     """A roster get of `owner`'s roster (XEP-0356 section 5.1). Built by hand for the
     same reasons as `privileged_roster_set`; the answer is the whole roster."""

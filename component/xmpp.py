@@ -52,6 +52,7 @@ from component.slixfix import (
     PrivilegeGrants,
     detach_roster,
     management_message,
+    privileged_ping,
     privileged_roster_get,
     privileged_roster_set,
 )
@@ -78,6 +79,12 @@ ROSTER_CHECK_RETRIES = 5
 DEFAULT_PAGE = 100
 # RFC 7622 section 3.3: a localpart is at most 1023 bytes.
 MAX_JID_PART = 1023
+# Prosody's mod_privilege (0.12, prosody-modules 2023) answers a privileged IQ for an
+# account that does not exist with this text, before it looks at permissions; an account
+# that exists gets a result, or (IQ permission not granted) another `forbidden`. It is the
+# one way a component can ask Prosody whether an account still exists: disco#info to a
+# bare JID is `service-unavailable` for both. Remove when servers offer a standard way.
+PROSODY_NO_SUCH_ACCOUNT = "wrapping <IQ> stanza recipient must be a bare JID of a local user"
 
 IqHandler = Callable[["PresenceComponent", Iq], Awaitable[Iq]]
 
@@ -121,6 +128,7 @@ class PresenceComponent(ComponentXMPP):
         device_sharing: DeviceSharing,
         max_page_size: int = 1000,
         admins: frozenset[str] = frozenset(),
+        account_check_s: float = 3600.0,
     ) -> None:
         # fix_error_ns: without it slixmpp looks for <error/> in jabber:client and
         # reports every error from the server as feature-not-implemented.
@@ -145,6 +153,10 @@ class PresenceComponent(ComponentXMPP):
         self._online: dict[str, set[str]] = {}
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._check_again: set[str] = set()
+        # Tokens act for accounts: whether each token holder's account still exists is
+        # asked every `account_check_s` (0: never).
+        self.account_check_s = account_check_s
+        self._account_checker: asyncio.Task[None] | None = None
         self.session_up = False
         # Moves with every session: the dispatcher's barrier proves delivery only on the
         # stream the rows were sent on.
@@ -215,6 +227,9 @@ class PresenceComponent(ComponentXMPP):
 
     async def close(self) -> None:
         self._closing = True
+        for task in [self._account_checker, *self._checks.values()]:
+            if task is not None:
+                task.cancel()
         if self.transport is not None:
             await self.disconnect(wait=2)
         self.cancel_connection_attempt()
@@ -240,6 +255,8 @@ class PresenceComponent(ComponentXMPP):
         self._update_roster_status()
         if self.dispatcher is not None:
             self.dispatcher.wake()
+        if self.account_check_s > 0 and (self._account_checker is None or self._account_checker.done()):
+            self._account_checker = asyncio.create_task(self._check_accounts(), name="account-checks")
 
     def _update_roster_status(self) -> None:
         """Decide (again) whether rosters can be changed, and say so once per change."""
@@ -536,6 +553,38 @@ class PresenceComponent(ComponentXMPP):
         finally:
             self._checks.pop(owner, None)
             self._check_again.discard(owner)
+
+    # ---- do the token holders' accounts still exist? --------------------------------
+
+    async def _check_accounts(self) -> None:
+        """While the session is up: each token holder's account, once per
+        `account_check_s`; an account the server says is gone loses its tokens."""
+        while self.session_up:
+            try:
+                due = await self.identity.accounts_to_check(self.account_check_s)
+                for user in due:
+                    if not self.session_up:
+                        return
+                    await self.identity.account_checked(user, await self.account_exists(user.jid))
+            except Exception:
+                log.exception("account checks failed; trying again later")
+            await asyncio.sleep(min(60.0, self.account_check_s))
+
+    async def account_exists(self, jid: str) -> bool | None:
+        """Whether the server still has this account (None: it cannot tell)."""
+        iq = privileged_ping(self, jid, jid_domain(BareJid(jid)), self.boundjid.bare)
+        async with self._iq_slots:
+            if not self.session_up:
+                return None
+            try:
+                await iq.send(timeout=IQ_TIMEOUT_S)
+            except IqTimeout:
+                return None
+            except IqError as exc:
+                if exc.condition == "forbidden":
+                    return exc.iq["error"]["text"] != PROSODY_NO_SUCH_ACCOUNT
+                return None
+        return True
 
     def _presence(self, to: object, extension: str, ptype: str | None = None) -> Presence:
         pres = self.make_presence(pto=to, pfrom=f"{extension}@{self.boundjid.bare}")

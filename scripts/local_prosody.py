@@ -342,6 +342,18 @@ log = {{
                 f"{res.stdout}{res.stderr}"
             )
 
+    def unregister(self, user: str, domain: str | None = None) -> None:
+        """Delete ``user@domain`` (the account, its roster and its data)."""
+        domain = domain or self.domain
+        res = subprocess.run(
+            ["prosodyctl", "--config", str(self.config_path), "deluser", f"{user}@{domain}"],
+            cwd=str(self.workdir), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )
+        if res.returncode != 0:
+            raise LocalProsodyError(
+                f"prosodyctl deluser {user}@{domain} failed (rc={res.returncode}):\n{res.stdout}{res.stderr}"
+            )
+
     # --------------------------------------------------------- context manager
     def __enter__(self) -> "LocalProsody":
         return self.start()

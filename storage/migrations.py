@@ -371,6 +371,9 @@ async def _v5_delivery_attempts(conn: Conn) -> None:
         -- unseen targets per user). Users already stored count as seen.
         ALTER TABLE users ADD COLUMN seen_at INTEGER;
         ALTER TABLE users ADD COLUMN named_by TEXT;
+        -- checked_at: when the account was last found on the XMPP server (its tokens go
+        -- when it is found gone).
+        ALTER TABLE users ADD COLUMN checked_at INTEGER;
         UPDATE users SET seen_at = created_at;
         CREATE INDEX users_unseen_by_namer ON users(named_by) WHERE seen_at IS NULL;
         CREATE INDEX tokens_by_user ON tokens(user_id, created_at);

@@ -44,3 +44,8 @@ async def keep_newest(conn: Conn, user_id: UserId, keep: int) -> int:
         (user_id, keep),
     )
     return cur.rowcount
+
+
+async def revoke_all(conn: Conn, user_id: UserId) -> int:
+    cur = await conn.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
+    return cur.rowcount

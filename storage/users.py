@@ -79,3 +79,21 @@ async def by_id(conn: Conn, user_id: UserId) -> User | None:
     async with conn.execute("SELECT id, jid FROM users WHERE id = ?", (user_id,)) as cur:
         row = await cur.fetchone()
     return User(UserId(row[0]), BareJid(row[1])) if row else None
+
+
+async def due_for_check(conn: Conn, now_ms: int, every_ms: int, limit: int) -> list[User]:
+    """Users holding a live token whose account was not checked in the last `every_ms`,
+    the least recently checked first."""
+    async with conn.execute(
+        "SELECT u.id, u.jid FROM users u"
+        " WHERE (u.checked_at IS NULL OR u.checked_at <= ?)"
+        " AND EXISTS (SELECT 1 FROM tokens t WHERE t.user_id = u.id AND t.expires_at > ?)"
+        " ORDER BY coalesce(u.checked_at, 0), u.id LIMIT ?",
+        (now_ms - every_ms, now_ms, limit),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [User(UserId(r[0]), BareJid(r[1])) for r in rows]
+
+
+async def mark_checked(conn: Conn, user_id: UserId, now_ms: int) -> None:
+    await conn.execute("UPDATE users SET checked_at = ? WHERE id = ?", (now_ms, user_id))

@@ -544,3 +544,38 @@ async def test_the_watcher_sees_the_contact_at_its_next_broadcast_or_by_probing(
     bob.broadcast("away")
     ((sender, kind, show),) = await alice.next_contact_presence()
     assert (sender.partition("/")[0], kind, show) == (bob.jid, None, "away")
+
+
+# ---- a token acts for an account that exists ----------------------------------------------
+
+
+async def test_an_account_deleted_on_the_server_loses_its_tokens(
+    make_service: ServiceFactory, ensure_prosody_up: LocalProsody, http: aiohttp.ClientSession
+) -> None:
+    """Issue #10: tokens outlived the XMPP account until they expired; a JID created
+    again later would have been somebody else's."""
+    server = ensure_prosody_up
+    server.register("zoe", "zoe-pw")
+    try:
+        running = await make_service(server, auth={"account_check_s": 0.2})
+        api = RestApi(http, running.base_url)
+        status, body = await raw_login(api, "zoe@example.test", "zoe-pw")
+        assert status == 200, body
+        token, zoe_id = body["token"], body["loggedInUser"]["id"]
+        alice = await api.login("alice")
+        presences = f"/api/rainbow/enduser/v1.0/users/{zoe_id}/presences/received"
+        assert (await api.call("GET", presences, token))[0] == 200
+
+        # Alice's account still exists: her token keeps working through the checks.
+        server.unregister("zoe")
+
+        async def zoe_refused() -> bool:
+            return (await api.call("GET", presences, token))[0] == 401
+
+        await wait_until(zoe_refused)
+        assert (await api.list(alice, "received"))[0] == 200
+    finally:
+        try:
+            server.unregister("zoe")
+        except Exception:  # noqa: BLE001 - already gone
+            pass

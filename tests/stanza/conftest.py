@@ -67,17 +67,19 @@ def device_sharing(db: Database, clock: FixedClock, config: ComponentConfig) -> 
 
 
 @pytest.fixture
-def comp(
+async def comp(
     config: ComponentConfig,
     identity: Identity,
     sharing: PresenceSharing,
     states: PresenceStates,
     device_sharing: DeviceSharing,
-) -> PresenceComponent:
-    return PresenceComponent(
+) -> AsyncIterator[PresenceComponent]:
+    component = PresenceComponent(
         config, identity, sharing, states, device_sharing, max_page_size=50,
         admins=frozenset({"admin@example.test"}),
     )
+    yield component
+    await component.close()  # its background tasks (account checks) end with the test
 
 
 @pytest.fixture

@@ -125,3 +125,33 @@ async def test_an_extension_only_the_server_accepts_gets_one_answer(
     assert answer.xml.get("type") == "unsubscribed"
     assert answer.xml.get("from") == f"\U0001f4de@{COMPONENT}"
     assert answer.xml.get("to") == BOB
+
+
+@pytest.mark.parametrize(
+    ("answer", "exists"),
+    [
+        ("<iq type='result' id='{id}' from='{to}' to='presence.example.test'/>", True),
+        ("<iq type='error' id='{id}' from='{to}' to='presence.example.test'><error type='auth'>"
+         "<forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>"
+         "you are not allowed to send privileged &lt;IQ&gt; stanzas</text></error></iq>", True),
+        ("<iq type='error' id='{id}' from='{to}' to='presence.example.test'><error type='auth'>"
+         "<forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>"
+         "wrapping &lt;IQ&gt; stanza recipient must be a bare JID of a local user</text></error></iq>", False),
+        ("<iq type='error' id='{id}' from='{to}' to='presence.example.test'><error type='cancel'>"
+         "<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>", None),
+    ],
+    ids=["result", "no-iq-permission", "no-such-account", "cannot-tell"],
+)
+async def test_whether_an_account_exists_is_asked_with_a_privileged_iq(
+    comp: PresenceComponent, wire: Wire, answer: str, exists: bool | None
+) -> None:
+    await start_session(comp, wire)
+    wire.sent.clear()
+    asking = asyncio.ensure_future(comp.account_exists(ALICE))
+    sent = await wire.nth(0)
+    assert sent["to"].bare == ALICE and sent["type"] == "get"
+    inner = sent.xml.find("{urn:xmpp:privilege:2}privileged_iq/{jabber:client}iq")
+    assert inner is not None and inner.get("to") == "example.test"
+    assert inner.find("{urn:xmpp:ping}ping") is not None
+    wire.feed(answer.format(id=sent["id"], to=ALICE))
+    assert await asyncio.wait_for(asking, 5) is exists
