@@ -9,7 +9,8 @@ Prosody runs on loopback with `--users` accounts, the service runs as
 clients (one aiohttp session) log in `--logins` times: login k is user (k // 2) mod
 users, with the right password when k is even and a wrong one when k is odd. The
 service's RSS is read from /proc after the first 100 logins, after all of them, and
-again after 5 s idle; logins/s is over the logins after the first 100. The service's
+again after 5 s idle; logins/s (and the CPU each process used per login) is over the
+logins after the first 100. The service's
 log is searched for tracebacks. `--auth KEY=VALUE` adds [auth] keys to the service's
 config (integers, numbers, true/false, else strings), e.g. to lift the login rate
 limits so that every wrong password reaches the XMPP server.
@@ -37,7 +38,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
-from stack import DOMAIN, SECRET, SERVICE_JID, BenchProsody, ServiceProcess, write_accounts  # noqa: E402
+from stack import DOMAIN, SECRET, SERVICE_JID, BenchProsody, CpuMeter, ServiceProcess, write_accounts  # noqa: E402
 
 LOGIN = "/api/rainbow/authentication/v1.0/login"
 FIRST = 100  # RSS is read after this many logins, and the rate is taken over the rest
@@ -99,7 +100,10 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         async with aiohttp.ClientSession(connector=connector) as http:
             await log_in(http, service.base_url, jobs[:FIRST], args.workers, statuses)
             after_first = service.memory()["VmRSS"]
+            cpu = CpuMeter({"service": service.pid, "prosody": prosody.pid, "load generator": os.getpid()})
+            cpu.start()
             elapsed = await log_in(http, service.base_url, jobs[FIRST:], args.workers, statuses)
+            cpu.stop()
             after_all = service.memory()["VmRSS"]
         await asyncio.sleep(5)
         settled = service.memory()
@@ -113,7 +117,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     print(f"answers: {dict(sorted(statuses.items()))}")
     print(f"service RSS: idle {mb(idle)}, after {FIRST} logins {mb(after_first)}, "
           f"after {len(jobs)} {mb(after_all)}, 5 s later {mb(settled['VmRSS'])} (peak {mb(settled['VmHWM'])})")
-    print(f"rate over logins {FIRST + 1}..{len(jobs)}: {rest / elapsed:.0f} logins/s ({elapsed:.1f} s)")
+    print(f"rate over logins {FIRST + 1}..{len(jobs)}: {rest / elapsed:.0f} logins/s ({elapsed:.1f} s); "
+          + cpu.per(rest, "login"))
     print(f"service log: {log_text.count('Traceback')} tracebacks, {log_text.count('IqTimeout')} IqTimeout, "
           f"{len(log_text.splitlines())} lines")
     unexpected = set(statuses) - {200, 401, 429}
