@@ -60,6 +60,8 @@ class AuthConfig:
     c2s_host: str = "127.0.0.1"
     c2s_port: int = 5222
     c2s_allow_plaintext: bool = False
+    # PEM file of the CA(s) the server's certificate is verified against; empty: the system's.
+    c2s_tls_ca_file: str = ""
     token_ttl_s: int = 86400
     login_timeout_s: float = 10.0
     max_concurrent_logins: int = 8
@@ -183,8 +185,14 @@ def parse_config(raw: dict[str, Any]) -> Config:
             parse_bare_jid(admin, "xmpp_admins")
         except BadRequest:
             raise ConfigError(f"[auth] xmpp_admins: {admin!r} is not a bare JID") from None
+    if config.auth.c2s_tls_ca_file and not Path(config.auth.c2s_tls_ca_file).is_file():
+        raise ConfigError(f"[auth] c2s_tls_ca_file: {config.auth.c2s_tls_ca_file} is not a file")
     if config.auth.token_ttl_s <= 0:
         raise ConfigError("[auth] token_ttl_s must be positive")
+    if config.auth.login_timeout_s <= 0:
+        raise ConfigError("[auth] login_timeout_s must be positive")
+    if config.auth.max_concurrent_logins < 1:
+        raise ConfigError("[auth] max_concurrent_logins must be at least 1")
     if config.smtp.host and not config.smtp.sender:
         raise ConfigError("[smtp] sender is required when [smtp] host is set")
     if config.sharing.max_expire_s <= 0 or config.sharing.sweep_interval_s <= 0:

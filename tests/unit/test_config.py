@@ -24,6 +24,7 @@ from component.config import (
 
 MINIMAL = {"component": {"jid": "presence.example.test", "secret": "s3cret"}}
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+TEST_CA = Path(__file__).resolve().parents[1] / "data" / "tls" / "ca.pem"
 
 
 def with_section(section: str, **values: Any) -> dict[str, Any]:
@@ -81,6 +82,7 @@ def test_every_section_and_key() -> None:
             "c2s_host": "xmpp.example.test",
             "c2s_port": 5223,
             "c2s_allow_plaintext": True,
+            "c2s_tls_ca_file": str(TEST_CA),
             "token_ttl_s": 60,
             "login_timeout_s": 3,
             "max_concurrent_logins": 2,
@@ -161,6 +163,20 @@ def test_the_component_jid_must_be_a_subdomain(jid: str) -> None:
 def test_token_ttl_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="token_ttl_s"):
         parse_config(with_section("auth", token_ttl_s=0))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("login_timeout_s", 0), ("login_timeout_s", -1.5), ("max_concurrent_logins", 0)],
+)
+def test_login_checks_need_time_and_a_slot(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"\[auth\] {key}"):
+        parse_config(with_section("auth", **{key: value}))
+
+
+def test_the_ca_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[auth\] c2s_tls_ca_file"):
+        parse_config(with_section("auth", c2s_tls_ca_file=str(tmp_path / "absent.pem")))
 
 
 def test_load_config_reports_missing_and_invalid_files(tmp_path: Path) -> None:
