@@ -66,7 +66,13 @@ class Service:
             config.auth.c2s_tls_ca_file,
         )
         self.identity = Identity(
-            self.db, self.clock, served, verifier, config.auth.token_ttl_s, config.auth.admin_token
+            self.db,
+            self.clock,
+            served,
+            verifier,
+            config.auth.token_ttl_s,
+            config.auth.admin_token,
+            config.auth.login_limits(),
         )
         self.sharing = PresenceSharing(
             self.db, self.clock, served, self._outbox_written, config.limits.max_pending_sent

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from component.errors import BadRequest
+from component.login_limits import LoginLimits
 from component.model import normalise_domain, parse_bare_jid
 
 
@@ -65,8 +66,23 @@ class AuthConfig:
     token_ttl_s: int = 86400
     login_timeout_s: float = 10.0
     max_concurrent_logins: int = 8
+    # Failed logins allowed within login_failure_window_s: per JID from one client
+    # address, and per client address whatever the JIDs (DESIGN "Operations").
+    login_failures_per_jid: int = 5
+    login_failures_per_address: int = 20
+    login_failure_window_s: float = 60.0
+    # (JID, address) pairs and addresses with recent failures kept in memory at most.
+    login_limit_max_tracked: int = 10_000
     # Bare JIDs allowed to set/reset presence states over XMPP (<presencestate/> IQ).
     xmpp_admins: tuple[str, ...] = ()
+
+    def login_limits(self) -> LoginLimits:
+        return LoginLimits(
+            per_jid=self.login_failures_per_jid,
+            per_address=self.login_failures_per_address,
+            window_s=self.login_failure_window_s,
+            max_tracked=self.login_limit_max_tracked,
+        )
 
 
 @dataclass(frozen=True)
@@ -193,6 +209,13 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError("[auth] login_timeout_s must be positive")
     if config.auth.max_concurrent_logins < 1:
         raise ConfigError("[auth] max_concurrent_logins must be at least 1")
+    for key in ("login_failures_per_jid", "login_failures_per_address"):
+        if getattr(config.auth, key) < 1:
+            raise ConfigError(f"[auth] {key} must be at least 1")
+    if config.auth.login_failure_window_s <= 0:
+        raise ConfigError("[auth] login_failure_window_s must be positive")
+    if config.auth.login_limit_max_tracked < 2:
+        raise ConfigError("[auth] login_limit_max_tracked must be at least 2")
     if config.smtp.host and not config.smtp.sender:
         raise ConfigError("[smtp] sender is required when [smtp] host is set")
     if config.sharing.max_expire_s <= 0 or config.sharing.sweep_interval_s <= 0:

@@ -1,4 +1,5 @@
-"""Logins against the real Prosody: SASL over STARTTLS with a verified certificate."""
+"""Logins against the real Prosody: SASL over STARTTLS with a verified certificate, and
+the failed-login limits."""
 
 from __future__ import annotations
 
@@ -48,3 +49,16 @@ async def test_a_certificate_the_service_does_not_trust_makes_logins_unavailable
     status, body = await login_status(api, "alice", PASSWORDS["alice"])
     assert_rainbow_error(status, body, 503, 503000)
     assert "Authenticated as" not in tls_prosody.log_path.read_text()
+
+
+async def test_a_sixth_wrong_password_gets_429_while_another_user_still_logs_in(api: RestApi) -> None:
+    for n in range(5):
+        status, body = await login_status(api, "alice", f"guess-{n}")
+        assert_rainbow_error(status, body, 401, 401000)
+    for password in ("guess-5", PASSWORDS["alice"]):
+        credentials = base64.b64encode(f"{jid('alice')}:{password}".encode()).decode()
+        async with api.http.get(api.base_url + api.LOGIN, headers={"Authorization": f"Basic {credentials}"}) as resp:
+            assert_rainbow_error(resp.status, await resp.json(), 429, 429000)
+            assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    bob = await api.login("bob")
+    assert bob.jid == jid("bob")

@@ -145,6 +145,23 @@ async def test_login_of_a_user_of_another_domain_is_forbidden(client: TestClient
         assert await resp.json() == envelope(403, "Forbidden", "users of evil.test are not served here", 403100)
 
 
+async def test_a_sixth_failed_login_gets_429_with_retry_after(
+    client: TestClient, clock: FixedClock, verifier: Any
+) -> None:
+    for n in range(5):
+        async with client.get(f"{AUTH}/login", headers=basic("alice@example.test", f"guess-{n}")) as resp:
+            assert resp.status == 401
+    clock.advance(15_000)
+    async with client.get(f"{AUTH}/login", headers=basic("alice@example.test", "alice-pw")) as resp:
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "45"
+        assert await resp.json() == envelope(
+            429, "Too Many Requests", "too many failed logins; try again in 45 s", 429000
+        )
+    assert len(verifier.calls) == 5  # the sixth never reached the XMPP server
+    await log_in(client, "bob@example.test", "bob-pw")
+
+
 @pytest.mark.parametrize(
     "style", ["Authorization", "X-Auth-Token", "Access-Token"]
 )
