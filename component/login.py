@@ -205,7 +205,8 @@ class _C2sConnection(asyncio.Protocol):
         self._parser = self._target = None
         loop = asyncio.get_running_loop()
         assert self.transport is not None
-        self.transport = await loop.start_tls(self.transport, self, context, server_hostname=domain)  # type: ignore[assignment]
+        upgraded = await loop.start_tls(self.transport, self, context, server_hostname=domain)
+        self.transport = upgraded  # type: ignore[assignment]
         if self._error is not None:
             raise self._error
 
@@ -401,11 +402,11 @@ class XmppPasswordVerifier:
             if answer.tag == f"{{{NS_SASL}}}success":
                 return True
             return _sasl_verdict(answer)
-        hint = " (it offers STARTTLS: set c2s_allow_plaintext = false)" if (
-            features.find(f"{{{NS_TLS}}}starttls") is not None) else ""
-        raise ServerAnswerInvalid(
-            f"the server offers neither SCRAM-SHA-1 nor PLAIN ({', '.join(sorted(offered)) or 'nothing'}){hint}"
-        )
+        hint = ""
+        if features.find(f"{{{NS_TLS}}}starttls") is not None:
+            hint = " (it offers STARTTLS: set c2s_allow_plaintext = false)"
+        listed = ", ".join(sorted(offered)) or "nothing"
+        raise ServerAnswerInvalid(f"the server offers neither SCRAM-SHA-1 nor PLAIN ({listed}){hint}")
 
     async def _scram_sha1(self, conn: _C2sConnection, username: str, password: bytes) -> bool:
         """RFC 5802 without channel binding (gs2 header `n,,`), the server's signature checked."""
@@ -427,7 +428,8 @@ class XmppPasswordVerifier:
             count = int(iterations)
         except (binascii.Error, ValueError):
             raise ServerAnswerInvalid("SCRAM: malformed salt or iteration count") from None
-        if not salt or not (iterations.isascii() and iterations.isdigit()) or not 1 <= count <= MAX_SCRAM_ITERATIONS:
+        digits = iterations.isascii() and iterations.isdigit()
+        if not salt or not digits or not 1 <= count <= MAX_SCRAM_ITERATIONS:
             raise ServerAnswerInvalid(f"SCRAM: unusable salt or iteration count ({iterations})")
         # Hi() is CPU work of a few ms: off the event loop (hashlib releases the GIL).
         salted = await asyncio.to_thread(hashlib.pbkdf2_hmac, "sha1", password, salt, count)
