@@ -11,7 +11,9 @@ users, with the right password when k is even and a wrong one when k is odd. The
 service's RSS is read from /proc after the first 100 logins, after all of them, and
 again after 5 s idle; logins/s (and the CPU each process used per login) is over the
 logins after the first 100. The service's
-log is searched for tracebacks. `--auth KEY=VALUE` adds [auth] keys to the service's
+log is searched for tracebacks. With `--burst N`, instead: N concurrent wrong logins
+from 127.0.0.1 and, meanwhile, the latency of one correct login of another account from
+127.0.0.2. `--auth KEY=VALUE` adds [auth] keys to the service's
 config (integers, numbers, true/false, else strings), e.g. to lift the login rate
 limits so that every wrong password reaches the XMPP server.
 
@@ -76,6 +78,30 @@ async def log_in(http: aiohttp.ClientSession, base: str, jobs: list[tuple[str, s
     return time.perf_counter() - started
 
 
+async def burst(base: str, names: list[str], size: int) -> tuple[float, int, collections.Counter]:
+    """`size` concurrent wrong logins from 127.0.0.1 (one per account in turn), and
+    during them one correct login of another account from 127.0.0.2: its latency."""
+    statuses: collections.Counter = collections.Counter()
+    guessed, user = names[:-1], names[-1]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as attacker, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as own:
+
+        async def guess(k: int) -> None:
+            async with attacker.get(base + LOGIN, headers=basic(guessed[k % len(guessed)], f"wrong-{k}")) as resp:
+                await resp.read()
+                statuses[resp.status] += 1
+
+        guesses = [asyncio.create_task(guess(k)) for k in range(size)]
+        await asyncio.sleep(0.2)  # the guesses are in
+        started = time.perf_counter()
+        async with own.get(base + LOGIN, headers=basic(user, f"pw-{user}")) as resp:
+            await resp.read()
+            status = resp.status
+        latency = time.perf_counter() - started
+        await asyncio.gather(*guesses)
+    return latency, status, statuses
+
+
 def mb(kb: int) -> str:
     return f"{kb / 1024:.1f} MB"
 
@@ -90,6 +116,13 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         service.start()
         await service.wait_healthy()
         await asyncio.sleep(2)
+        if args.burst:
+            latency, status, statuses = await burst(service.base_url, names, args.burst)
+            service.stop()
+            print(f"{args.burst} concurrent wrong logins from 127.0.0.1 (one per account in turn), answered "
+                  f"{dict(sorted(statuses.items()))}; meanwhile a correct login of another account from "
+                  f"127.0.0.2: {status} in {1000 * latency:.0f} ms; [auth] extra: {args.auth or '-'}")
+            return 0 if status == 200 else 2
         idle = service.memory()["VmRSS"]
         jobs = []
         for k in range(args.logins):
@@ -135,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--auth", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra [auth] key for the service (repeatable)")
+    parser.add_argument("--burst", type=int, default=0, metavar="N",
+                        help="instead: N concurrent wrong logins, and one correct login from another address")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, database)")
     args = parser.parse_args(argv)
     if args.logins <= FIRST:
