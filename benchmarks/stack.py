@@ -195,7 +195,9 @@ class ServiceProcess:
     """`python -m component --config FILE` in its own process."""
 
     def __init__(self, workdir: Path, name: str, db_path: Path, server: LocalProsody,
-                 component_jid: str = SERVICE_JID, admin_token: str = "bench-admin") -> None:
+                 component_jid: str = SERVICE_JID, admin_token: str = "bench-admin",
+                 auth: dict[str, Any] | None = None) -> None:
+        """`auth` adds [auth] keys (numbers, booleans, strings) to the service's config."""
         self.workdir = workdir
         self.name = name
         self.db_path = db_path
@@ -219,6 +221,7 @@ class ServiceProcess:
             'c2s_host = "127.0.0.1"\n'
             f"c2s_port = {server.c2s_port}\n"
             "c2s_allow_plaintext = true\n"
+            + "".join(f"{key} = {json.dumps(value)}\n" for key, value in (auth or {}).items())
         )
         self.proc: subprocess.Popen | None = None
 

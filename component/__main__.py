@@ -45,12 +45,9 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # slixmpp logs every stanza at DEBUG, including the SASL exchange of login
-    # checks (the password, base64-encoded), and narrates each login check at
-    # INFO: keep it to warnings. A refused login is logged by us, once, without
-    # slixmpp's misleading "No appropriate login method" error.
+    # slixmpp logs every stanza of the component session at DEBUG: keep it to
+    # warnings. (Login checks do not go through slixmpp: component/login.py.)
     logging.getLogger("slixmpp").setLevel(max(logging.WARNING, logging.getLogger().level))
-    logging.getLogger("slixmpp.features.feature_mechanisms").setLevel(logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
@@ -79,10 +76,17 @@ class Service:
             config.auth.c2s_allow_plaintext,
             config.auth.login_timeout_s,
             config.auth.max_concurrent_logins,
+            config.auth.c2s_tls_ca_file,
         )
         limits = config.limits
         self.identity = Identity(
-            self.db, self.clock, served, verifier, config.auth.token_ttl_s, config.auth.admin_token,
+            self.db,
+            self.clock,
+            served,
+            verifier,
+            config.auth.token_ttl_s,
+            config.auth.admin_token,
+            config.auth.login_limits(),
             limits.max_tokens_per_user,
         )
         self.sharing = PresenceSharing(

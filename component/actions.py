@@ -29,9 +29,11 @@ from component.errors import (
     Forbidden,
     LimitReached,
     NotFound,
+    TooManyLogins,
     Unauthorized,
     WrongState,
 )
+from component.login_limits import LoginLimiter, LoginLimits
 from component.model import (
     BareJid,
     Page,
@@ -80,6 +82,7 @@ class Identity:
         verifier: PasswordVerifier,
         token_ttl_s: int,
         admin_token: str = "",
+        login_limits: LoginLimits = LoginLimits(),
         max_tokens_per_user: int = 20,
     ) -> None:
         self.db = db
@@ -88,6 +91,7 @@ class Identity:
         self.served_domains = served_domains
         self.verifier = verifier
         self.token_ttl_ms = token_ttl_s * 1000
+        self.login_limiter = LoginLimiter(clock, login_limits)
         self.max_tokens_per_user = max_tokens_per_user
 
     def check_served(self, jid: BareJid) -> None:
@@ -103,15 +107,34 @@ class Identity:
         now = self.clock.now_ms()
         return await self.db.write(lambda tx: users.get_or_create(tx, jid, now))
 
-    async def login(self, jid_text: str, password: str) -> tuple[str, User]:
-        """Verify the password against the XMPP server (never stored) and issue a token."""
+    async def login(self, jid_text: str, password: str, address: str | None = None) -> tuple[str, User]:
+        """Verify the password against the XMPP server (never stored) and issue a token.
+
+        `address` is the client's network address. Failed logins are limited per
+        (JID, address) and per address (DESIGN "Operations", `LoginLimits`): beyond
+        the budget the login is refused with TooManyLogins before the XMPP server is
+        asked, so refused attempts take no login check slot.
+        """
         try:
             jid = parse_bare_jid(jid_text, "login")
         except BadRequest as exc:
             raise Unauthorized("invalid login or password") from exc
         self.check_served(jid)
-        if not password or not await self.verifier.verify(jid, password):
-            log.info("login refused for %s", jid)
+        client = address or "-"
+        attempt = self.login_limiter.admit(jid, address)
+        if isinstance(attempt, int):
+            log.warning(
+                "login refused for %s from %s: too many failed logins, retry in %d s", jid, client, attempt
+            )
+            raise TooManyLogins(f"too many failed logins; try again in {attempt} s", retry_after_s=attempt)
+        verdict: bool | None = None
+        try:
+            verdict = bool(password) and await self.verifier.verify(jid, password)
+        finally:
+            # No verdict (the server unreachable, the request gone) counts as nothing.
+            self.login_limiter.settle(attempt, verdict)
+        if not verdict:
+            log.info("login refused for %s from %s: wrong password", jid, client)
             raise Unauthorized("invalid login or password")
         token = secrets.token_urlsafe(32)
         now = self.clock.now_ms()
@@ -126,7 +149,7 @@ class Identity:
 
         user, revoked = await self.db.write(issue)
         log.info(
-            "login accepted for %s (user %s)%s", jid, user.id,
+            "login accepted for %s from %s (user %s)%s", jid, client, user.id,
             f"; {revoked} oldest token(s) revoked (max_tokens_per_user)" if revoked else "",
         )
         return token, user

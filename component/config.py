@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from component.errors import BadRequest
+from component.login_limits import LoginLimits
 from component.model import normalise_domain, parse_bare_jid
 
 
@@ -63,14 +64,31 @@ class AuthConfig:
     c2s_host: str = "127.0.0.1"
     c2s_port: int = 5222
     c2s_allow_plaintext: bool = False
+    # PEM file of the CA(s) the server's certificate is verified against; empty: the system's.
+    c2s_tls_ca_file: str = ""
     token_ttl_s: int = 86400
     login_timeout_s: float = 10.0
     max_concurrent_logins: int = 8
+    # Failed logins allowed within login_failure_window_s: per JID from one client
+    # address, and per client address whatever the JIDs (DESIGN "Operations").
+    login_failures_per_jid: int = 5
+    login_failures_per_address: int = 20
+    login_failure_window_s: float = 60.0
+    # (JID, address) pairs and addresses with recent failures kept in memory at most.
+    login_limit_max_tracked: int = 10_000
     # Bare JIDs allowed to set/reset presence states over XMPP (<presencestate/> IQ).
     xmpp_admins: tuple[str, ...] = ()
     # How often each token holder's XMPP account is checked to still exist (its tokens
     # go when it does not); 0 disables the checks.
     account_check_s: float = 3600.0
+
+    def login_limits(self) -> LoginLimits:
+        return LoginLimits(
+            per_jid=self.login_failures_per_jid,
+            per_address=self.login_failures_per_address,
+            window_s=self.login_failure_window_s,
+            max_tracked=self.login_limit_max_tracked,
+        )
 
 
 @dataclass(frozen=True)
@@ -195,8 +213,21 @@ def parse_config(raw: dict[str, Any]) -> Config:
             parse_bare_jid(admin, "xmpp_admins")
         except BadRequest:
             raise ConfigError(f"[auth] xmpp_admins: {admin!r} is not a bare JID") from None
+    if config.auth.c2s_tls_ca_file and not Path(config.auth.c2s_tls_ca_file).is_file():
+        raise ConfigError(f"[auth] c2s_tls_ca_file: {config.auth.c2s_tls_ca_file} is not a file")
     if config.auth.token_ttl_s <= 0:
         raise ConfigError("[auth] token_ttl_s must be positive")
+    if config.auth.login_timeout_s <= 0:
+        raise ConfigError("[auth] login_timeout_s must be positive")
+    if config.auth.max_concurrent_logins < 1:
+        raise ConfigError("[auth] max_concurrent_logins must be at least 1")
+    for key in ("login_failures_per_jid", "login_failures_per_address"):
+        if getattr(config.auth, key) < 1:
+            raise ConfigError(f"[auth] {key} must be at least 1")
+    if config.auth.login_failure_window_s <= 0:
+        raise ConfigError("[auth] login_failure_window_s must be positive")
+    if config.auth.login_limit_max_tracked < 2:
+        raise ConfigError("[auth] login_limit_max_tracked must be at least 2")
     if config.smtp.host and not config.smtp.sender:
         raise ConfigError("[smtp] sender is required when [smtp] host is set")
     if config.sharing.max_expire_s <= 0 or config.sharing.sweep_interval_s <= 0:

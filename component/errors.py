@@ -45,6 +45,8 @@ class DomainError(Exception):
     """A refusal the caller caused; its text is safe to show to that caller."""
 
     wire: ClassVar[WireError]
+    # Seconds after which the same call may succeed (HTTP `Retry-After`), when known.
+    retry_after_s: int | None = None
 
     def __init__(self, detail: str, field: str | None = None, rule: str | None = None) -> None:
         """`field` and `rule` name the offending input where there is one (Kazoo's
@@ -89,6 +91,18 @@ class PayloadTooLarge(DomainError):
 
 class LimitReached(DomainError):
     wire = WireError("wait", "resource-constraint", 429, 429000, "", 4291000)
+
+
+class TooManyLogins(DomainError):
+    """Too many failed logins for this JID from this address, or from this address:
+    refused without asking the XMPP server until `retry_after_s` has passed."""
+
+    # RFC 6120 section 8.3.3.12: policy-violation covers rate limits.
+    wire = WireError("wait", "policy-violation", 429, 429000, "", 4291000)
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class ServiceUnavailable(DomainError):

@@ -117,20 +117,6 @@ class PrivilegeGrants:
         self.presence.clear()
 
 
-def dispose(xmpp) -> None:
-    """Close a short-lived stream object completely.
-
-    `abort()` closes the socket but leaves the send-queue task that `connect()`
-    started running forever (one leaked task per object). Remove when slixmpp
-    cancels it on abort.
-    """
-    xmpp.cancel_connection_attempt()
-    xmpp.abort()
-    task = getattr(xmpp, "_run_out_filters", None)
-    if task is not None and not task.done():
-        task.cancel()
-
-
 _ROSTER_PRESENCE_EVENTS = {
     "presence_available": "_handle_available",
     "presence_dnd": "_handle_available",

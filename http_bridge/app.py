@@ -58,7 +58,7 @@ async def error_envelopes(request: web.Request, handler: Callable[[web.Request],
     try:
         return await handler(request)
     except DomainError as exc:
-        return render_error(request, exc.wire, exc.detail, exc.field, exc.rule)
+        return render_error(request, exc.wire, exc.detail, exc.field, exc.rule, exc.retry_after_s)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -32,8 +32,19 @@ def render_error(
     detail: str,
     field: str | None = None,
     rule: str | None = None,
+    retry_after_s: int | None = None,
 ) -> web.Response:
-    """The family's error envelope for `wire`."""
+    """The family's error envelope for `wire`; `retry_after_s` adds `Retry-After`
+    (RFC 9110 section 10.2.3, in seconds) whatever the family."""
+    response = _envelope(request, wire, detail, field, rule)
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(max(1, retry_after_s))
+    return response
+
+
+def _envelope(
+    request: web.Request, wire: WireError, detail: str, field: str | None, rule: str | None
+) -> web.Response:
     if is_kazoo(request):
         data: dict[str, Any] = (
             {field: {rule or "invalid": {"message": detail}}} if field else {"message": detail}

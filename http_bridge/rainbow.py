@@ -102,7 +102,8 @@ async def login(request: web.Request) -> web.Response:
     jid, sep, password = decoded.partition(":")
     if not sep:
         raise Unauthorized("malformed Basic credentials")
-    token, user = await services_of(request).identity.login(jid, password)
+    # The peer's address as the socket shows it; X-Forwarded-For is not trusted.
+    token, user = await services_of(request).identity.login(jid, password, request.remote)
     request[USER_JID] = user.jid
     return web.json_response({"token": token, "loggedInUser": user_json(user)})
 

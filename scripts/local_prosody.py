@@ -138,8 +138,12 @@ class LocalProsody:
         component_port: int | None = None,
         grant_roster: bool = True,
         extra_domains: tuple[str, ...] = (),
+        certificate: tuple[Path, Path] | None = None,
     ) -> None:
+        """`certificate` (a PEM certificate and its key, valid for the domains) turns
+        on STARTTLS for c2s (mod_tls); encryption stays optional."""
         self.workdir = Path(workdir).resolve()
+        self.certificate = certificate
         self.domain = domain
         # More VirtualHosts, each granting the component the same privileges.
         self.extra_domains = tuple(extra_domains)
@@ -203,7 +207,7 @@ authentication = "internal_hashed"
 storage = "internal"
 allow_registration = false
 
-modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "privilege" }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "privilege";{' "tls";' if self.certificate else ''} }}
 modules_disabled = {{ "s2s"; "posix" }}
 
 log = {{
@@ -226,6 +230,13 @@ log = {{
         # keeps prosodyctl from switching to the `prosody` user as root).
         for p in (self.workdir, self.data_path, self.certs_path):
             os.chmod(p, 0o700)
+        if self.certificate is not None:
+            # Prosody finds certs/<domain>.crt and .key by itself (certmanager).
+            crt, key = self.certificate
+            for domain in (self.domain, *self.extra_domains):
+                shutil.copyfile(crt, self.certs_path / f"{domain}.crt")
+                shutil.copyfile(key, self.certs_path / f"{domain}.key")
+                os.chmod(self.certs_path / f"{domain}.key", 0o600)
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(self.config_text())
         os.chmod(tmp, 0o600)

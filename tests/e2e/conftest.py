@@ -8,6 +8,9 @@ free at run time; every server a fixture starts, it stops.
   dave of example.test, and erin of a second domain, other.test (see `PASSWORDS`).
   Every user's roster is emptied after each test (`clean_rosters`): the service
   treats items it did not create as the users' own, so nothing may leak between tests.
+- `unprivileged_prosody`, `tls_prosody` (function): a Prosody of the test's own that grants
+  the component nothing, or that offers STARTTLS with a certificate of the test CA
+  (`TEST_CA_FILE`, tests/data/tls).
 - `service` (function): `component.__main__.Service` run in-process on the
   test's event loop, with a fresh SQLite file; ready once /healthz says
   connected with the roster privilege granted.
@@ -94,8 +97,14 @@ def jid(name: str) -> str:
 # ---- Prosody --------------------------------------------------------------------------
 
 
-def start_prosody(grant_roster: bool = True) -> tuple[LocalProsody, Path]:
-    """A started LocalProsody with the four users, in its own folder under /tmp.
+# A test CA and a certificate it signed for example.test and other.test (tests/data/tls).
+TLS_DATA = Path(__file__).resolve().parents[1] / "data" / "tls"
+TEST_CA_FILE = TLS_DATA / "ca.pem"
+
+
+def start_prosody(grant_roster: bool = True, tls: bool = False) -> tuple[LocalProsody, Path]:
+    """A started LocalProsody with the four users, in its own folder under /tmp; with
+    `tls`, it offers STARTTLS with a certificate of the test CA (`TEST_CA_FILE`).
 
     The folder is made with `tempfile` rather than pytest's tmp_path: prosodyctl
     drops to the `prosody` user, which cannot traverse pytest's 0700 base folder.
@@ -111,6 +120,7 @@ def start_prosody(grant_roster: bool = True) -> tuple[LocalProsody, Path]:
         component_port=free_port(),
         grant_roster=grant_roster,
         extra_domains=(OTHER_DOMAIN,),
+        certificate=(TLS_DATA / "example.test.crt", TLS_DATA / "example.test.key") if tls else None,
     )
     try:
         for name, password in PASSWORDS.items():
@@ -137,6 +147,17 @@ def prosody() -> Iterator[LocalProsody]:
 def unprivileged_prosody() -> Iterator[LocalProsody]:
     """A Prosody of its own whose component gets no privilege (privileged_entities omitted)."""
     server, workdir = start_prosody(grant_roster=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def tls_prosody() -> Iterator[LocalProsody]:
+    """A Prosody of its own that offers STARTTLS (certificate of the test CA)."""
+    server, workdir = start_prosody(tls=True)
     try:
         yield server
     finally:

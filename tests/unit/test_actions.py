@@ -21,6 +21,8 @@ from component.errors import (
     Forbidden,
     LimitReached,
     NotFound,
+    ServiceUnavailable,
+    TooManyLogins,
     Unauthorized,
     WrongState,
 )
@@ -536,6 +538,83 @@ async def test_users_of_other_domains_cannot_log_in(identity: Identity, verifier
     with pytest.raises(Forbidden):
         await identity.login("mallory@evil.test", "anything")
     assert verifier.calls == []  # refused before asking the server
+
+
+HOME, AWAY = "192.0.2.1", "198.51.100.7"
+
+
+async def test_failed_logins_are_limited_before_the_server_is_asked(
+    identity: Identity, verifier: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    for n in range(5):
+        with pytest.raises(Unauthorized):
+            await identity.login("alice@example.test", f"guess-{n}", HOME)
+    asked = len(verifier.calls)
+    for password in ("guess-5", "alice-pw"):  # from here, even the right one waits
+        with pytest.raises(TooManyLogins) as refused:
+            await identity.login("alice@example.test", password, HOME)
+        assert refused.value.retry_after_s == 60
+    assert len(verifier.calls) == asked == 5
+    refusals = [r.getMessage() for r in caplog.records if "too many failed logins" in r.getMessage()]
+    assert refusals == ["login refused for alice@example.test from 192.0.2.1: too many failed logins, retry in 60 s"] * 2
+    assert "guess-5" not in caplog.text and "alice-pw" not in caplog.text
+    # Another user from the same address, and the same user from elsewhere, log in.
+    assert (await identity.login("bob@example.test", "bob-pw", HOME))[1].jid == "bob@example.test"
+    assert (await identity.login("alice@example.test", "alice-pw", AWAY))[1].jid == "alice@example.test"
+
+
+class GatedVerifier:
+    """Answers only once `open` is set, like a busy XMPP server; counts the checks."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.asked: list[str] = []
+
+    async def verify(self, jid: BareJid, password: str) -> bool:
+        self.asked.append(jid)
+        await self.open.wait()
+        return password == f"{jid.partition('@')[0]}-pw"
+
+
+async def test_a_burst_of_guesses_from_one_address_mostly_never_reaches_the_server(
+    db: Database, clock: FixedClock
+) -> None:
+    verifier = GatedVerifier()
+    identity = Identity(db, clock, SERVED, verifier, TOKEN_TTL_S)
+    guesses = [
+        asyncio.create_task(identity.login(f"user{n % 30}@example.test", "guess", HOME)) for n in range(150)
+    ]
+    real = asyncio.create_task(identity.login("carol@example.test", "carol-pw", AWAY))
+    await asyncio.sleep(0)
+    # Refused at once, while every admitted check still waits for the server: the
+    # refused ones hold no check slot.
+    refused = [t for t in guesses if t.done()]
+    assert len(refused) == 130 and all(isinstance(t.exception(), TooManyLogins) for t in refused)
+    assert len(verifier.asked) == 21  # the address's budget of 20, and carol
+    verifier.open.set()
+    _, carol = await real
+    assert carol.jid == "carol@example.test"
+    results = await asyncio.gather(*guesses, return_exceptions=True)
+    assert sum(isinstance(r, Unauthorized) for r in results) == 20
+
+
+async def test_an_unreachable_server_counts_no_failure(db: Database, clock: FixedClock) -> None:
+    class Down:
+        def __init__(self) -> None:
+            self.up = False
+
+        async def verify(self, jid: BareJid, password: str) -> bool:
+            if not self.up:
+                raise ServiceUnavailable("the XMPP server cannot verify logins right now")
+            return password == "alice-pw"
+
+    server = Down()
+    identity = Identity(db, clock, SERVED, server, TOKEN_TTL_S)
+    for _ in range(10):
+        with pytest.raises(ServiceUnavailable):
+            await identity.login("alice@example.test", "alice-pw", HOME)
+    server.up = True
+    assert (await identity.login("alice@example.test", "alice-pw", HOME))[1].jid == "alice@example.test"
 
 
 async def test_user_for_jid_refuses_other_domains(identity: Identity) -> None:

@@ -21,9 +21,11 @@ from component.config import (
     load_config,
     parse_config,
 )
+from component.login_limits import LoginLimits
 
 MINIMAL = {"component": {"jid": "presence.example.test", "secret": "s3cret"}}
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+TEST_CA = Path(__file__).resolve().parents[1] / "data" / "tls" / "ca.pem"
 
 
 def with_section(section: str, **values: Any) -> dict[str, Any]:
@@ -81,9 +83,14 @@ def test_every_section_and_key() -> None:
             "c2s_host": "xmpp.example.test",
             "c2s_port": 5223,
             "c2s_allow_plaintext": True,
+            "c2s_tls_ca_file": str(TEST_CA),
             "token_ttl_s": 60,
             "login_timeout_s": 3,
             "max_concurrent_logins": 2,
+            "login_failures_per_jid": 3,
+            "login_failures_per_address": 100,
+            "login_failure_window_s": 300,
+            "login_limit_max_tracked": 500,
         },
         "limits": {"max_pending_sent": 10, "max_page_size": 50},
         "logging": {"level": "DEBUG"},
@@ -161,6 +168,41 @@ def test_the_component_jid_must_be_a_subdomain(jid: str) -> None:
 def test_token_ttl_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="token_ttl_s"):
         parse_config(with_section("auth", token_ttl_s=0))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("login_timeout_s", 0), ("login_timeout_s", -1.5), ("max_concurrent_logins", 0)],
+)
+def test_login_checks_need_time_and_a_slot(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"\[auth\] {key}"):
+        parse_config(with_section("auth", **{key: value}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("login_failures_per_jid", 0),
+        ("login_failures_per_address", 0),
+        ("login_failure_window_s", 0),
+        ("login_limit_max_tracked", 1),
+    ],
+)
+def test_login_limits_must_be_usable(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"\[auth\] {key}"):
+        parse_config(with_section("auth", **{key: value}))
+
+
+def test_login_limits_reach_the_limiter() -> None:
+    raw = with_section("auth", login_failures_per_jid=3, login_failures_per_address=9,
+                       login_failure_window_s=30, login_limit_max_tracked=99)
+    assert parse_config(raw).auth.login_limits() == LoginLimits(3, 9, 30, 99)
+    assert parse_config(MINIMAL).auth.login_limits() == LoginLimits(5, 20, 60.0, 10_000)
+
+
+def test_the_ca_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[auth\] c2s_tls_ca_file"):
+        parse_config(with_section("auth", c2s_tls_ca_file=str(tmp_path / "absent.pem")))
 
 
 def test_load_config_reports_missing_and_invalid_files(tmp_path: Path) -> None:

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
+from component.errors import TooManyLogins
 from component.model import new_object_id
 from http_bridge import Services, build_app
 from storage import Database
@@ -134,12 +136,30 @@ async def test_bad_logins_get_401_in_the_envelope(
     async with client.get(f"{AUTH}/login", headers=headers) as resp:
         assert resp.status == 401
         assert await resp.json() == envelope(401, "Unauthorized", details, 401000)
+        assert "Retry-After" not in resp.headers
 
 
 async def test_login_of_a_user_of_another_domain_is_forbidden(client: TestClient) -> None:
     async with client.get(f"{AUTH}/login", headers=basic("mallory@evil.test", "x")) as resp:
         assert resp.status == 403
         assert await resp.json() == envelope(403, "Forbidden", "users of evil.test are not served here", 403100)
+
+
+async def test_a_sixth_failed_login_gets_429_with_retry_after(
+    client: TestClient, clock: FixedClock, verifier: Any
+) -> None:
+    for n in range(5):
+        async with client.get(f"{AUTH}/login", headers=basic("alice@example.test", f"guess-{n}")) as resp:
+            assert resp.status == 401
+    clock.advance(15_000)
+    async with client.get(f"{AUTH}/login", headers=basic("alice@example.test", "alice-pw")) as resp:
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "45"
+        assert await resp.json() == envelope(
+            429, "Too Many Requests", "too many failed logins; try again in 45 s", 429000
+        )
+    assert len(verifier.calls) == 5  # the sixth never reached the XMPP server
+    await log_in(client, "bob@example.test", "bob-pw")
 
 
 @pytest.mark.parametrize(
@@ -503,6 +523,33 @@ async def test_an_unexpected_error_is_a_500_without_its_text(
         assert await resp.json() == envelope(500, "Internal Server Error", "Internal error", 500000)
     assert "secret" not in text and "fire" not in text
     assert "X-Request-Id" in resp.headers
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        ("/api/rainbow/x-slow", 429, envelope(429, "Too Many Requests", "slow down", 429000)),
+        ("/v2/share/x-slow", 429, {"error": {"code": 4291000, "msg": "slow down"}}),
+        ("/v2/accounts/x-slow", 429, None),  # Kazoo's envelope, checked below
+    ],
+)
+async def test_a_domain_error_with_a_retry_time_gets_retry_after_in_every_family(
+    identity: Identity, sharing: PresenceSharing, health: Health, path: str, status: int, body: Any
+) -> None:
+    async def slow(_request: web.Request) -> web.Response:
+        raise TooManyLogins("slow down", retry_after_s=42)
+
+    app = build_app(Services(identity, sharing, health))
+    app.router.add_get(path, slow)
+    async with TestClient(TestServer(app)) as test_client:
+        async with test_client.get(path) as resp:
+            assert resp.status == status
+            assert resp.headers["Retry-After"] == "42"
+            got = await resp.json()
+    if body is None:
+        assert (got["error"], got["status"], got["data"]) == ("429", "error", {"message": "slow down"})
+    else:
+        assert got == body
 
 
 # ---- health --------------------------------------------------------------------------------
