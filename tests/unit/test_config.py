@@ -222,3 +222,69 @@ def test_the_example_config_loads_and_documents_every_key() -> None:
         assert re.search(rf"^\[{section.name}\]", text, re.M), section.name
         for key in dataclasses.fields(getattr(config, section.name)):
             assert re.search(rf"^#? ?{key.name} =", text, re.M), f"[{section.name}] {key.name}"
+
+
+# ---- the schema: ranges, enums, rules between keys, secrets from elsewhere (issue #10) ------
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "says"),
+    [
+        ("http", "port", 99999, "from 1 to 65535"),
+        ("http", "port", 0, "from 1 to 65535"),
+        ("component", "server_port", -1, "from 1 to 65535"),
+        ("component", "max_concurrent_iqs", 0, "from 1 to 1000"),
+        ("component", "reconnect_min_s", 0, "more than 0"),
+        ("component", "outbox_max_attempts", 0, "from 1 to 100"),
+        ("limits", "max_tokens_per_user", 0, "at least 1"),
+        ("smtp", "port", 70000, "from 1 to 65535"),
+        ("sharing", "max_expire_s", 0, "from 1 to"),
+        ("logging", "level", "LOUD", "one of DEBUG, INFO, WARNING, ERROR"),
+        ("storage", "path", "", "non-empty"),
+    ],
+)
+def test_values_out_of_range_are_refused_by_name(section: str, key: str, value: Any, says: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\[{section}\] {key} must be {re.escape(says)}"):
+        parse_config(with_section(section, **{key: value}))
+
+
+def test_reconnect_min_may_not_exceed_reconnect_max() -> None:
+    with pytest.raises(ConfigError, match="reconnect_min_s must not be more than reconnect_max_s"):
+        parse_config(with_section("component", reconnect_min_s=10, reconnect_max_s=5))
+
+
+def test_implicit_tls_and_starttls_are_exclusive() -> None:
+    with pytest.raises(ConfigError, match=r"\[smtp\] tls .* and starttls are exclusive"):
+        parse_config(with_section("smtp", tls=True, starttls=True))
+
+
+def test_only_required_keys_are_named_missing() -> None:
+    """A config missing only `secret` used to list eight keys that have defaults."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"component": {"jid": "presence.example.test"}}, env={})
+    assert str(exc.value) == "[component] is missing required key(s): secret"
+
+
+def test_secrets_come_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "component.secret"
+    secret.write_text("from-a-file\n")
+    token = tmp_path / "admin.token"
+    token.write_text("adm-token")
+    raw = {
+        "component": {"jid": "presence.example.test", "secret_file": str(secret)},
+        "auth": {"admin_token_file": str(token)},
+    }
+    config = parse_config(raw, env={})
+    assert (config.component.secret, config.auth.admin_token) == ("from-a-file", "adm-token")
+    env = {"PRESENCE_COMPONENT_SECRET": "from-env", "PRESENCE_SMTP_PASSWORD": "mail-pw"}
+    config = parse_config({"component": {"jid": "presence.example.test"}}, env=env)
+    assert (config.component.secret, config.smtp.password) == ("from-env", "mail-pw")
+
+
+def test_a_secret_given_twice_or_unreadable_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[component\] secret is given twice"):
+        parse_config(MINIMAL, env={"PRESENCE_COMPONENT_SECRET": "x"})
+    with pytest.raises(ConfigError, match=r"\[component\] secret_file: cannot read"):
+        parse_config({"component": {"jid": "presence.example.test", "secret_file": str(tmp_path / "none")}}, env={})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[http\]: port_file"):
+        parse_config(with_section("http", port_file="x"))
