@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -183,6 +184,10 @@ def parse_config(raw: dict[str, Any]) -> Config:
             parse_bare_jid(admin, "xmpp_admins")
         except BadRequest:
             raise ConfigError(f"[auth] xmpp_admins: {admin!r} is not a bare JID") from None
+    # The REST bridge takes a token only as visible ASCII (http_bridge/inputs.py): any
+    # other admin token could never be presented.
+    if config.auth.admin_token and not re.fullmatch(r"[\x21-\x7e]+", config.auth.admin_token):
+        raise ConfigError("[auth] admin_token must be visible ASCII characters (no spaces)")
     if config.auth.token_ttl_s <= 0:
         raise ConfigError("[auth] token_ttl_s must be positive")
     if config.smtp.host and not config.smtp.sender:

@@ -163,6 +163,12 @@ def test_token_ttl_must_be_positive() -> None:
         parse_config(with_section("auth", token_ttl_s=0))
 
 
+@pytest.mark.parametrize("token", ["two words", "caf\u00e9", "tab\there"])
+def test_an_admin_token_that_no_header_could_carry_is_refused(token: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[auth\] admin_token"):
+        parse_config(with_section("auth", admin_token=token))
+
+
 def test_load_config_reports_missing_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.toml")

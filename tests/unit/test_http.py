@@ -15,7 +15,7 @@ from component.clock import FixedClock
 from component.model import new_object_id
 from http_bridge import Services, build_app
 from storage import Database
-from unit_rig import request_rows
+from unit_rig import raw_http, request_rows
 
 AUTH = "/api/rainbow/authentication/v1.0"
 MAX_BODY = 1024
@@ -164,6 +164,30 @@ async def test_requests_without_a_valid_token_get_401(
         assert resp.status == 401
         body = await resp.json()
     assert (body["errorCode"], body["errorMsg"], body["errorDetailsCode"]) == (401, "Unauthorized", 401000)
+
+
+# aiohttp decodes header bytes as UTF-8 with surrogateescape: these reached the token hash
+# as lone surrogates (UnicodeEncodeError, a 500). A token is visible ASCII; anything else
+# is no token.
+BAD_TOKEN_HEADERS = [
+    b"Access-Token: \xc3\x28",
+    b"X-Auth-Token: \xff\xfe",
+    b"Authorization: Bearer \xff",
+    b"Authorization: Bearer caf\xc3\xa9",  # valid UTF-8, not ASCII
+    b"X-Auth-Token: two words",
+]
+
+
+@pytest.mark.parametrize("header", BAD_TOKEN_HEADERS)
+@pytest.mark.parametrize("call", ["list", "logout"])
+async def test_a_token_that_is_not_visible_ascii_is_no_token(
+    client: TestClient, alice: Session, header: bytes, call: str
+) -> None:
+    target = f"{alice.presences}/sent" if call == "list" else f"{AUTH}/logout"
+    answer = await raw_http(
+        client.host, client.port, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header
+    )
+    assert (answer.status, answer.json()) == (401, envelope(401, "Unauthorized", "missing token", 401000))
 
 
 async def test_logout_revokes_the_token(client: TestClient, alice: Session) -> None:

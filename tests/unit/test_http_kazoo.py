@@ -18,7 +18,7 @@ from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 from http_bridge import Services, build_app
 from storage import Database
-from unit_rig import SERVED, TOKEN_TTL_S, FakeVerifier, clear_outbox, outbox_rows
+from unit_rig import SERVED, TOKEN_TTL_S, FakeVerifier, clear_outbox, outbox_rows, raw_http
 
 COMPONENT = "presence.example.test"
 ADMIN = "ADMIN"
@@ -343,6 +343,18 @@ async def test_without_a_valid_token_kazoo_paths_answer_401(
         assert await call(client, method, path, token, {"data": {}}) == (
             401, err(401, "invalid credentials", {"message": detail}, token or "")
         )
+
+
+@pytest.mark.parametrize(
+    "header", [b"X-Auth-Token: \xff\xfe", b"X-Auth-Token: \xc3\x28", b"Authorization: Bearer \xff", b"X-Auth-Token: a b"]
+)
+async def test_a_token_that_is_not_visible_ascii_is_no_token_and_not_echoed(
+    client: TestClient, header: bytes
+) -> None:
+    answer = await raw_http(
+        client.host, client.port, b"GET /v2/accounts HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-1\r\n" + header
+    )
+    assert (answer.status, answer.json()) == (401, err(401, "invalid credentials", {"message": "missing token"}, ""))
 
 
 async def test_other_token_headers_are_accepted(client: TestClient) -> None:

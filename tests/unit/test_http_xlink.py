@@ -21,7 +21,7 @@ from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 from http_bridge import Services, build_app
 from storage import Database
-from unit_rig import SERVED, outbox_rows
+from unit_rig import SERVED, outbox_rows, raw_http
 
 if TYPE_CHECKING:  # conftest is not importable by name: the stanza tier has one too
     from conftest import Home
@@ -204,6 +204,14 @@ async def test_delete_hides_from_the_callers_list_only(client: TestClient, home:
     assert await call(client, "GET", f"{P}/list", tokens["alice"]) == (200, [])
     status, bobs = await call(client, "GET", f"{P}/list", tokens["bob"])
     assert [s["invite_code"] for s in bobs] == [code]
+
+
+@pytest.mark.parametrize(
+    "header", [b"Access-Token: \xc3\x28", b"Access-Token: \xff\xfe", b"Authorization: Bearer \xff"]
+)
+async def test_a_token_that_is_not_visible_ascii_is_no_token(client: TestClient, header: bytes) -> None:
+    answer = await raw_http(client.host, client.port, f"GET {P}/list HTTP/1.1\r\nHost: x\r\n".encode() + header)
+    assert (answer.status, answer.json()) == xerr(4031003, "missing token")
 
 
 async def test_any_token_header_works_on_xlink_paths(client: TestClient, home: Home, tokens: dict[str, str]) -> None:
