@@ -32,14 +32,48 @@ def bearer_token(request: web.Request) -> str | None:
     return value if _TOKEN.fullmatch(value) else None
 
 
+# Deepest nesting of arrays and objects a body may have: our bodies need 3 levels. json.loads
+# recurses once per level (about 1000 levels raise RecursionError), and so would any code
+# walking the result, so depth is counted first, without recursion.
+MAX_JSON_DEPTH = 32
+# A JSON string, escapes included (the unrolled form: linear, no backtracking).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the common case: too few brackets to nest that deep
+    depth = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # RFC 8259 has no NaN or Infinity
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object; 400 when empty, malformed or not an object."""
+    """The body as a JSON object (RFC 8259: UTF-8, at most MAX_JSON_DEPTH levels of
+    nesting); 400 when empty, not UTF-8, malformed, too deep or not an object."""
     raw = await request.read()  # bounded by client_max_size: 413 beyond it
     if not raw.strip():
         raise BadRequest("a JSON object body is required")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("body is not UTF-8") from exc
+    if _nesting_exceeds(text, MAX_JSON_DEPTH):
+        raise BadRequest(f"body nests more than {MAX_JSON_DEPTH} levels of arrays and objects")
+    try:
+        body = json.loads(text, parse_constant=_not_json)
+    except ValueError as exc:
         raise BadRequest("body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")

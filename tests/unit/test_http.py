@@ -268,6 +268,25 @@ async def test_create_with_a_body_that_is_not_json(client: TestClient, alice: Se
         assert await resp.json() == envelope(400, "Bad Request", "body is not valid JSON", 400000)
 
 
+@pytest.mark.parametrize(
+    ("raw", "details"),
+    [
+        # 500 levels fit under MAX_BODY; 1000 made json.loads raise RecursionError (a 500).
+        (b"[" * 500 + b"]" * 500, "body nests more than 32 levels of arrays and objects"),
+        (b'{"toJid": ' + b"[" * 33 + b"]" * 33 + b"}", "body nests more than 32 levels of arrays and objects"),
+        (b'{"toJid": "b\xf6b@example.test"}', "body is not UTF-8"),
+        ('{"toJid": "bob@example.test"}'.encode("utf-16"), "body is not UTF-8"),
+        (b'{"toJid": Infinity}', "body is not valid JSON"),
+    ],
+)
+async def test_create_with_a_body_too_deep_or_not_utf8(
+    alice: Session, db: Database, raw: bytes, details: str
+) -> None:
+    async with alice.client.post(alice.presences, data=raw, headers=alice.headers) as resp:
+        assert (resp.status, await resp.json()) == (400, envelope(400, "Bad Request", details, 400000))
+    assert await request_rows(db) == []
+
+
 async def test_create_twice_is_a_409_duplicate(alice: Session, bob: Session) -> None:
     await create(alice, bob)
     status, body = await alice.post("", {"toJid": bob.jid})

@@ -409,6 +409,32 @@ async def test_bad_bodies_get_400_in_kazoo_envelopes(client: TestClient, db: Dat
     assert await rows(db, "SELECT * FROM extension_states") == []
 
 
+def nested(depth: int, inner: bytes = b"1") -> bytes:
+    return b"[" * depth + inner + b"]" * depth
+
+
+async def test_json_nested_too_deep_or_not_utf8_is_a_400(client: TestClient, db: Database) -> None:
+    # 1000 levels made json.loads raise RecursionError: a 500.
+    for raw, message in [
+        (nested(1000), "body nests more than 32 levels of arrays and objects"),
+        (b'{"data": {"name": "x", "realm": "example.test", "extra": ' + nested(31) + b"}}",
+         "body nests more than 32 levels of arrays and objects"),
+        (b'{"data": {"name": "caf\xe9", "realm": "example.test"}}', "body is not UTF-8"),
+        ('{"data": {"name": "x", "realm": "example.test"}}'.encode("utf-16"), "body is not UTF-8"),
+        (b'{"data": {"name": NaN, "realm": "example.test"}}', "body is not valid JSON"),
+    ]:
+        assert await call(client, "PUT", "/v2/accounts", raw=raw) == (
+            400, err(400, "invalid data", {"message": message})
+        ), raw
+    assert await rows(db, "SELECT * FROM accounts") == []
+    # 32 levels are fine, and brackets inside strings are not nesting.
+    status, body = await call(
+        client, "PUT", "/v2/accounts",
+        raw=b'{"data": {"name": "' + b"[" * 100 + b'", "realm": "example.test", "extra": ' + nested(30) + b"}}",
+    )
+    assert (status, body["data"]["name"]) == (201, "[" * 100)
+
+
 async def test_unknown_kazoo_paths_get_kazoo_404(client: TestClient) -> None:
     assert await call(client, "GET", f"/v2/accounts/{new_account_id()}/nothing") == (
         404, err(404, "not found", {"message": "no such resource"})

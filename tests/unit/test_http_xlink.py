@@ -321,6 +321,12 @@ async def test_share_errors(client: TestClient, home: Home, tokens: dict[str, st
     assert await call(client, "POST", P, alice, raw=b"{") == xerr(4001001, "body is not valid JSON")
     assert await call(client, "POST", P, alice, raw=b"[]") == xerr(4001001, "body must be a JSON object")
     assert await call(client, "POST", P, alice, raw=b"") == xerr(4001001, "a JSON object body is required")
+    deep = b"[" * 1000 + b"]" * 1000  # json.loads raised RecursionError: a 500
+    assert await call(client, "POST", P, alice, raw=deep) == xerr(
+        4001001, "body nests more than 32 levels of arrays and objects"
+    )
+    for raw in (b'{"device_id": "\xff"}', b'{"mode": "qrcode", "expire": 60, "device_id": "\xc3\x28"}'):
+        assert await call(client, "POST", P, alice, raw=raw) == xerr(4001001, "body is not UTF-8")
     assert await share_rows(db) == []
 
 
