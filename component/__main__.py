@@ -17,8 +17,6 @@ import logging
 import signal
 import sys
 
-from aiohttp import web
-
 from component.actions import Identity, PresenceSharing
 from component.clock import Clock
 from component.config import Config, ConfigError, load_config
@@ -31,7 +29,7 @@ from component.provisioning import Provisioning
 from component.rosters import Rosters
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
-from http_bridge import Services, build_app
+from http_bridge import HttpListener, Services, build_app
 from storage import Database, SchemaTooNew
 
 log = logging.getLogger("component")
@@ -120,9 +118,9 @@ class Service:
                 config.component.jid,
                 self.device_sharing,
             ),
-            config.http.max_body_bytes,
+            config.http,
         )
-        self._runner: web.AppRunner | None = None
+        self._http = HttpListener(self.app)
 
     def _outbox_written(self) -> None:
         self.dispatcher.wake()
@@ -142,17 +140,13 @@ class Service:
             self.device_sharing.run_sweeper(self.config.sharing.sweep_interval_s),
             name="device-share-sweeper",
         )
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
-        await site.start()
+        await self._http.start()
         log.info("http bridge listening on http://%s:%d", self.config.http.host, self.config.http.port)
         self.xmpp.start()
 
     async def stop(self) -> None:
         await self.xmpp.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._http.stop()
         await self.dispatcher.stop()
         await self.mail.stop()
         if self._sweeper is not None:

@@ -48,6 +48,13 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 16 * 1024
+    # A request head must be complete this long after the connection opened or its
+    # previous answer (so also how long an idle keep-alive connection lasts).
+    header_timeout_s: float = 10.0
+    # A body must arrive whole this long after its handler starts reading it.
+    body_timeout_s: float = 10.0
+    # Connections open at once; more are closed as soon as they are accepted.
+    max_connections: int = 512
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,11 @@ def parse_config(raw: dict[str, Any]) -> Config:
             raise ConfigError("[component] domains must name at least one domain")
     except BadRequest as exc:
         raise ConfigError(f"[component] domains: {exc.detail}") from None
+    http = config.http
+    if http.max_body_bytes <= 0 or http.max_connections <= 0:
+        raise ConfigError("[http] max_body_bytes and max_connections must be positive")
+    if http.header_timeout_s <= 0 or http.body_timeout_s <= 0:
+        raise ConfigError("[http] header_timeout_s and body_timeout_s must be positive")
     if config.component.outbox_poll_s <= 0:
         raise ConfigError("[component] outbox_poll_s must be positive")
     for admin in config.auth.xmpp_admins:

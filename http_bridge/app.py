@@ -10,9 +10,10 @@ import time
 from collections.abc import Awaitable, Callable
 from aiohttp import web
 
+from component.config import HttpConfig
 from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, WireError
 from http_bridge import kazoo, rainbow, xlink
-from http_bridge.context import REQUEST_ID, SERVICES, USER_JID, Services
+from http_bridge.context import HTTP_SETTINGS, REQUEST_ID, SERVICES, USER_JID, Services
 from http_bridge.envelopes import render_error
 
 log = logging.getLogger("http_bridge")
@@ -66,9 +67,12 @@ async def error_envelopes(request: web.Request, handler: Callable[[web.Request],
         detail = {
             404: "no such resource",
             405: f"method {request.method} not allowed here",
+            408: "request body not received in time",
             413: "request body too large",
         }.get(exc.status, exc.reason)
         response = render_error(request, wire, detail)
+        if exc.status == 408:
+            response.force_close()  # the client is too slow to keep
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -85,11 +89,14 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ok else 503)
 
 
-def build_app(services: Services, max_body_bytes: int = 16 * 1024) -> web.Application:
+def build_app(services: Services, settings: HttpConfig = HttpConfig()) -> web.Application:
+    """The REST bridge over `services`; serve it with `HttpListener` (http_bridge.listener),
+    which applies the rest of `settings` (address, timeouts, connection cap)."""
     app = web.Application(
-        middlewares=[request_context, error_envelopes], client_max_size=max_body_bytes
+        middlewares=[request_context, error_envelopes], client_max_size=settings.max_body_bytes
     )
     app[SERVICES] = services
+    app[HTTP_SETTINGS] = settings
     app.router.add_get("/healthz", healthz)
     rainbow.add_routes(app)
     kazoo.add_routes(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from component.errors import BadRequest
+from http_bridge.context import HTTP_SETTINGS
 
 # A token is visible ASCII (RFC 9110 section 5.6.2 VCHAR: what RFC 6750's b64token and our
 # token_urlsafe tokens are made of). aiohttp decodes header bytes as UTF-8 with
@@ -61,8 +63,17 @@ def _not_json(constant: str) -> Any:
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object (RFC 8259: UTF-8, at most MAX_JSON_DEPTH levels of
-    nesting); 400 when empty, not UTF-8, malformed, too deep or not an object."""
-    raw = await request.read()  # bounded by client_max_size: 413 beyond it
+    nesting); 400 when empty, cut short, not UTF-8, malformed, too deep or not an object;
+    408 when it does not arrive whole within `[http] body_timeout_s` (http_bridge.listener)."""
+    try:
+        async with asyncio.timeout(request.app[HTTP_SETTINGS].body_timeout_s):
+            raw = await request.read()  # bounded by client_max_size: 413 beyond it
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
+    except web.RequestPayloadError as exc:  # aiohttp's parser refused the framing (chunks)
+        raise BadRequest("request body is malformed") from exc
+    except ConnectionError:  # the client hung up: nobody reads the answer, but it is no 500
+        raise BadRequest("the connection was closed before the body arrived") from None
     if not raw.strip():
         raise BadRequest("a JSON object body is required")
     try:

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
+from component.config import HttpConfig
 from component.model import new_object_id
 from http_bridge import Services, build_app
 from storage import Database
@@ -40,7 +41,7 @@ def health() -> Health:
 async def client(
     identity: Identity, sharing: PresenceSharing, health: Health
 ) -> AsyncIterator[TestClient]:
-    app = build_app(Services(identity, sharing, health, max_page_size=50), max_body_bytes=MAX_BODY)
+    app = build_app(Services(identity, sharing, health, max_page_size=50), HttpConfig(max_body_bytes=MAX_BODY))
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 

@@ -13,6 +13,7 @@ from yarl import URL
 
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
+from component.config import HttpConfig
 from component.model import BareJid, new_account_id, new_object_id
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
@@ -58,7 +59,7 @@ async def client(
         identity, sharing, Health(), max_page_size=50,
         provisioning=provisioning, states=states, component_jid=COMPONENT,
     )
-    async with TestClient(TestServer(build_app(services, max_body_bytes=MAX_BODY))) as test_client:
+    async with TestClient(TestServer(build_app(services, HttpConfig(max_body_bytes=MAX_BODY)))) as test_client:
         yield test_client
 
 

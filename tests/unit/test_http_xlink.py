@@ -14,6 +14,7 @@ from defusedxml import ElementTree as SafeET
 
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock, iso_ms
+from component.config import HttpConfig
 from component.commands import Principal
 from component.device_sharing import DeviceSharing
 from component.model import new_account_id, new_invite_code, new_object_id
@@ -46,7 +47,7 @@ async def client(
         identity, sharing, Health(), max_page_size=50, provisioning=provisioning, states=states,
         component_jid=COMPONENT, device_sharing=device_sharing,
     )
-    async with TestClient(TestServer(build_app(services, max_body_bytes=4096))) as test_client:
+    async with TestClient(TestServer(build_app(services, HttpConfig(max_body_bytes=4096)))) as test_client:
         yield test_client
 
 
