@@ -12,6 +12,7 @@ from aiohttp import web
 
 from component.config import HttpConfig
 from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, WireError
+from component.logfields import untrusted
 from http_bridge import kazoo, rainbow, xlink
 from http_bridge.context import HTTP_SETTINGS, REQUEST_ID, SERVICES, USER_JID, Services
 from http_bridge.envelopes import render_error
@@ -31,6 +32,12 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
+def logged_path(request: web.Request) -> str:
+    """The path as a log line may show it: no invite code in full, no character that
+    could end the line or fake another (component.logfields)."""
+    return untrusted(xlink.redact_invite_codes(request.path))
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Request id (X-Request-Id, taken from the caller when sane) and one log line per request."""
@@ -48,8 +55,8 @@ async def request_context(request: web.Request, handler: Callable[[web.Request],
             response.headers["X-Request-Id"] = request_id
         log.info(
             "http %s %s -> %d in %.1f ms request_id=%s user=%s",
-            request.method, request.path, status, (time.perf_counter() - started) * 1000,
-            request_id, request.get(USER_JID, "-"),
+            untrusted(request.method), logged_path(request), status,
+            (time.perf_counter() - started) * 1000, request_id, untrusted(request.get(USER_JID, "-")),
         )
 
 
@@ -79,7 +86,7 @@ async def error_envelopes(request: web.Request, handler: Callable[[web.Request],
     except Exception:
         log.exception(
             "http %s %s: unexpected error request_id=%s",
-            request.method, request.path, request.get(REQUEST_ID),
+            untrusted(request.method), logged_path(request), request.get(REQUEST_ID),
         )
         return render_error(request, INTERNAL, INTERNAL_TEXT)
 

@@ -11,7 +11,7 @@ each limit here does, and why it is built this way:
   (`RequestHandler._process_keepalive` checks that no message was parsed, not that no byte
   came). So a head must be complete within `header_timeout_s` of the connection opening or
   of the previous answer, and an idle keep-alive connection lasts that long. No wrapper
-  duplicates that logic; tests/unit/test_http_limits.py holds aiohttp to it.
+  duplicates that logic; tests/unit/test_http_listener.py holds aiohttp to it.
 - `body_timeout_s`: a body must arrive whole within that time once its handler reads it
   (`read_json_object`, the one reader of bodies: 408 otherwise, and the connection is then
   closed). A body no handler reads, or the rest after an early answer (408, 413), is read

@@ -1,5 +1,6 @@
-"""The listener's limits against slow and greedy clients, over raw sockets: the real app
-served by HttpListener on a free loopback port (the system picks it), with short limits.
+"""The real app served by HttpListener on a free loopback port (the system picks it), over
+raw sockets: its limits against slow and greedy clients (with short limits), and what its
+log lines make of the paths clients choose.
 
 Timings are only bounded generously (BOUND): the tests check that a connection is closed,
 never how fast. Every slow client would take far longer than BOUND to finish sending, so a
@@ -259,3 +260,63 @@ async def test_connections_over_the_cap_are_closed_and_served_again_below_it(
     assert messages[-1].startswith("http: accepting connections again (")
     for _, writer in held:
         writer.close()
+
+
+# ---- log lines ------------------------------------------------------------------------------
+
+
+async def logged_request(
+    listener: HttpListener, caplog: pytest.LogCaptureFixture, head: bytes
+) -> tuple[bytes, list[str]]:
+    """Send one request as raw bytes; its answer, and the http_bridge log messages it made."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="http_bridge"):
+        reader, writer = await connect(listener)
+        writer.write(head + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await read_until_closed(reader)
+        writer.close()
+    return answer, [r.getMessage() for r in caplog.records if r.name == "http_bridge"]
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        # %0a wrote a second line that said whatever the client wanted.
+        (b"/healthz%0a2026-01-01%2000:00:00,000%20INFO%20http_bridge:%20http%20GET%20/%20-%3E%20200",
+         "/healthz\\x0a2026-01-01 00:00:00,000 INFO http_bridge: http GET / -> 200"),
+        (b"/nowhere%0d%0aforged", "/nowhere\\x0d\\x0aforged"),
+        (b"/a%00b%1b[2Jc%7fd", "/a\\x00b\\x1b[2Jc\\x7fd"),  # NUL, a terminal escape, DEL
+        (b"/a%e2%80%a8b%c2%85c%e2%80%aed", "/a\\u2028b\\x85c\\u202ed"),  # LS, NEL, bidi override
+        (b"/a\\x0ab", "/a\\\\x0ab"),  # a backslash is escaped too: no look-alike line
+        (b"/v2/share/x%0ay", "/v2/share/x\\x0ay"),
+    ],
+)
+async def test_a_path_cannot_forge_a_log_line(
+    serve: Serve, caplog: pytest.LogCaptureFixture, path: bytes, logged: str
+) -> None:
+    listener = await serve()
+    answer, messages = await logged_request(listener, caplog, b"GET " + path + b" HTTP/1.1")
+    assert answer.startswith((b"HTTP/1.1 404 ", b"HTTP/1.1 200 "))
+    assert len(messages) == 1 and messages[0].startswith(f"http GET {logged} -> ")
+    assert not any(ch in messages[0] for ch in "\r\n\x00\x1b\x85\u2028\u202e")
+
+
+async def test_invite_codes_in_paths_are_logged_cut_to_six_characters(
+    serve: Serve, caplog: pytest.LogCaptureFixture, token: tuple[str, str]
+) -> None:
+    listener = await serve()
+    code = "3q2-7wEjRZmN1x0aYk_PbLcQvT8uW4sD"
+    auth = f"\r\nAccess-Token: {token[0]}".encode()
+    for head, logged in [
+        (f"DELETE /v2/share/device/delete/{code} HTTP/1.1".encode() + auth,
+         "http DELETE /v2/share/device/delete/3q2-7w… -> 404 "),
+        (f"GET /v2/share/device/qrcode/{code}.png HTTP/1.1".encode() + auth,
+         "http GET /v2/share/device/qrcode/3q2-7w….png -> 404 "),
+        (f"GET /v2/share/device/qrcode/{code}.gif HTTP/1.1".encode(),  # no route: redacted too
+         "http GET /v2/share/device/qrcode/3q2-7w….gif -> 404 "),
+        (f"DELETE /v2/share/device/delete/{code}/more HTTP/1.1".encode(),
+         "http DELETE /v2/share/device/delete/3q2-7w…/more -> 404 "),
+    ]:
+        _, messages = await logged_request(listener, caplog, head)
+        assert len(messages) == 1 and messages[0].startswith(logged), messages
+        assert code[6:12] not in messages[0]
