@@ -215,6 +215,19 @@ async def test_a_token_that_is_not_visible_ascii_is_no_token(client: TestClient,
     assert (answer.status, answer.json()) == xerr(4031003, "missing token")
 
 
+@pytest.mark.parametrize(
+    "share", [{"mode": "qrcode"}, {"mode": "email", "user": "zoe@mail.test"}]
+)
+async def test_the_manager_deletes_a_share_nobody_answered_yet(
+    client: TestClient, home: Home, tokens: dict[str, str], share: dict[str, str]
+) -> None:
+    # No invitee yet (to_user_id NULL): the update wrote NULL into hidden_by_receiver, a 500.
+    code = await make_share(client, tokens["alice"], device_id=home.hall.id, **share)
+    assert await call(client, "DELETE", f"{P}/delete/{code}", tokens["alice"]) == (200, b"")
+    assert await call(client, "GET", f"{P}/list", tokens["alice"]) == (200, [])
+    assert await call(client, "POST", f"{P}/accept", tokens["bob"], {"invite_code": code}) == (200, b"")
+
+
 async def test_any_token_header_works_on_xlink_paths(client: TestClient, home: Home, tokens: dict[str, str]) -> None:
     for headers in ({"Authorization": f"Bearer {tokens['carol']}"}, {"X-Auth-Token": tokens["carol"]}):
         async with client.get(f"{P}/list", headers=headers) as resp:
