@@ -18,8 +18,6 @@ import logging
 import signal
 import sys
 
-from aiohttp import web
-
 from component.actions import Identity, PresenceSharing
 from component.clock import Clock
 from component.config import Config, ConfigError, load_config
@@ -32,7 +30,7 @@ from component.provisioning import Provisioning
 from component.rosters import Rosters
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
-from http_bridge import Services, build_app
+from http_bridge import HttpListener, Services, build_app
 from storage import Conn, Database, SchemaTooNew, dead_letters, outbox
 from storage import mail as mail_outbox
 
@@ -144,9 +142,9 @@ class Service:
                 config.component.jid,
                 self.device_sharing,
             ),
-            config.http.max_body_bytes,
+            config.http,
         )
-        self._runner: web.AppRunner | None = None
+        self._http = HttpListener(self.app)
 
     def _outbox_written(self) -> None:
         self.dispatcher.wake()
@@ -175,10 +173,7 @@ class Service:
         if self.config.smtp.host:
             self.mail.start()
         self._sweeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
-        await site.start()
+        await self._http.start()
         log.info("http bridge listening on http://%s:%d", self.config.http.host, self.config.http.port)
         self.xmpp.start()
 
@@ -196,8 +191,7 @@ class Service:
 
     async def stop(self) -> None:
         await self.xmpp.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._http.stop()
         await self.dispatcher.stop()
         await self.mail.stop()
         if self._sweeper is not None:

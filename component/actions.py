@@ -67,8 +67,14 @@ async def write_outbox(
     await outbox.add_many(tx, [(n.kind, n.recipient, n.payload) for n in notifications], now_ms)
 
 
+def _token_bytes(token: str) -> bytes:
+    """Total on every str: a lone surrogate (from a header that was not UTF-8) is
+    encoded too rather than raising, so no token can make a hash or a comparison fail."""
+    return token.encode("utf-8", "surrogatepass")
+
+
 def _token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8")).digest()
+    return hashlib.sha256(_token_bytes(token)).digest()
 
 
 class Identity:
@@ -202,7 +208,7 @@ class Identity:
     async def principal(self, token: str | None) -> Principal:
         """A family 2 caller: the admin token, or a user's token."""
         if token and self._admin_token and hmac.compare_digest(
-            token.encode("utf-8"), self._admin_token.encode("utf-8")
+            _token_bytes(token), _token_bytes(self._admin_token)
         ):
             return Principal(None)
         return Principal(await self.authenticate(token))

@@ -260,6 +260,8 @@ class ShareDevice:
         expire = fields["expire"]
         if isinstance(expire, str) and expire.isascii() and expire.isdigit():
             expire = int(expire)
+        elif isinstance(expire, float) and expire.is_integer():
+            expire = int(expire)  # JSON has one number type: 7200.0 is the integer 7200
         if not isinstance(expire, int) or isinstance(expire, bool) or not 1 <= expire <= max_expire_s:
             raise BadRequest(
                 f"expire must be a number of seconds from 1 to {max_expire_s}", "expire", "range"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -80,6 +81,13 @@ class HttpConfig:
     host: str = field(default="127.0.0.1", metadata=NON_EMPTY)
     port: int = field(default=8080, metadata=PORT)
     max_body_bytes: int = field(default=16 * 1024, metadata=between(256, 64 * 1024 * 1024))
+    # A request head must be complete this long after the connection opened or its
+    # previous answer (so also how long an idle keep-alive connection lasts).
+    header_timeout_s: float = field(default=10.0, metadata=between(0.1, 3600))
+    # A body must arrive whole this long after its handler starts reading it.
+    body_timeout_s: float = field(default=10.0, metadata=between(0.1, 3600))
+    # Connections open at once; more are closed as soon as they are accepted.
+    max_connections: int = field(default=512, metadata=between(1, 1_000_000))
 
 
 @dataclass(frozen=True)
@@ -305,6 +313,10 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> C
             raise ConfigError(f"[auth] xmpp_admins: {admin!r} is not a bare JID") from None
     if config.auth.c2s_tls_ca_file and not Path(config.auth.c2s_tls_ca_file).is_file():
         raise ConfigError(f"[auth] c2s_tls_ca_file: {config.auth.c2s_tls_ca_file} is not a file")
+    # The REST bridge takes a token only as visible ASCII (http_bridge/inputs.py): any
+    # other admin token could never be presented.
+    if config.auth.admin_token and not re.fullmatch(r"[\x21-\x7e]+", config.auth.admin_token):
+        raise ConfigError("[auth] admin_token must be visible ASCII characters (no spaces)")
     if config.smtp.host and not config.smtp.sender:
         raise ConfigError("[smtp] sender is required when [smtp] host is set")
     if config.smtp.tls and config.smtp.starttls:

@@ -8,7 +8,6 @@ its outbox rows (management messages, roster items, presence, e-mail).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace

@@ -36,6 +36,7 @@ from component.commands import (
 from component.config import ComponentConfig
 from component.delivery import OutboxDispatcher, RosterFailed, RosterRefused, TransportGone
 from component.errors import INTERNAL, INTERNAL_TEXT, BadRequest, DomainError, Forbidden, WireError
+from component.logfields import untrusted
 from component.model import (
     BareJid,
     PresenceRequest,
@@ -106,11 +107,11 @@ def answers_errors(handler: IqHandler) -> Callable[["PresenceComponent", Iq], Aw
         except DomainError as exc:
             log.info(
                 "iq %s from %s refused: %s (%s)",
-                iq["id"], iq["from"], exc.wire.xmpp_condition, exc.detail,
+                untrusted(iq["id"]), iq["from"], exc.wire.xmpp_condition, untrusted(exc.detail),
             )
             self._send_error(iq, exc.wire, exc.detail)
         except Exception:
-            log.exception("iq %s from %s: unexpected error", iq["id"], iq["from"])
+            log.exception("iq %s from %s: unexpected error", untrusted(iq["id"]), iq["from"])
             self._send_error(iq, INTERNAL, INTERNAL_TEXT)
         else:
             reply.send()
@@ -483,7 +484,7 @@ class PresenceComponent(ComponentXMPP):
                 else:
                     self._state_presence(sender.bare, extension, state.value, None).send()
         except DomainError as exc:
-            log.info("presence %s from %s to %s refused: %s", kind, sender, to, exc.detail)
+            log.info("presence %s from %s to %s refused: %s", kind, sender, untrusted(to), untrusted(exc.detail))
             if kind in ("subscribe", "probe") and len(local.encode()) <= MAX_JID_PART:
                 # RFC 6121 section 3.2: denying a subscription is answering `unsubscribed`
                 # (to an address no JID can have, RFC 7622 section 3.3, nothing at all).

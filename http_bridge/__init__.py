@@ -2,5 +2,6 @@
 
 from http_bridge.app import build_app
 from http_bridge.context import Services
+from http_bridge.listener import HttpListener
 
-__all__ = ["Services", "build_app"]
+__all__ = ["HttpListener", "Services", "build_app"]

@@ -10,9 +10,11 @@ import time
 from collections.abc import Awaitable, Callable
 from aiohttp import web
 
+from component.config import HttpConfig
 from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, WireError
+from component.logfields import untrusted
 from http_bridge import kazoo, rainbow, xlink
-from http_bridge.context import REQUEST_ID, SERVICES, USER_JID, Services
+from http_bridge.context import HTTP_SETTINGS, REQUEST_ID, SERVICES, USER_JID, Services
 from http_bridge.envelopes import render_error
 
 log = logging.getLogger("http_bridge")
@@ -28,6 +30,12 @@ _ID_COUNTER = itertools.count(1)
 
 def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+def logged_path(request: web.Request) -> str:
+    """The path as a log line may show it: no invite code in full, no character that
+    could end the line or fake another (component.logfields)."""
+    return untrusted(xlink.redact_invite_codes(request.path))
 
 
 @web.middleware
@@ -47,8 +55,8 @@ async def request_context(request: web.Request, handler: Callable[[web.Request],
             response.headers["X-Request-Id"] = request_id
         log.info(
             "http %s %s -> %d in %.1f ms request_id=%s user=%s",
-            request.method, request.path, status, (time.perf_counter() - started) * 1000,
-            request_id, request.get(USER_JID, "-"),
+            untrusted(request.method), logged_path(request), status,
+            (time.perf_counter() - started) * 1000, request_id, untrusted(request.get(USER_JID, "-")),
         )
 
 
@@ -66,16 +74,19 @@ async def error_envelopes(request: web.Request, handler: Callable[[web.Request],
         detail = {
             404: "no such resource",
             405: f"method {request.method} not allowed here",
+            408: "request body not received in time",
             413: "request body too large",
         }.get(exc.status, exc.reason)
         response = render_error(request, wire, detail)
+        if exc.status == 408:
+            response.force_close()  # the client is too slow to keep
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
         log.exception(
             "http %s %s: unexpected error request_id=%s",
-            request.method, request.path, request.get(REQUEST_ID),
+            untrusted(request.method), logged_path(request), request.get(REQUEST_ID),
         )
         return render_error(request, INTERNAL, INTERNAL_TEXT)
 
@@ -85,11 +96,14 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ok else 503)
 
 
-def build_app(services: Services, max_body_bytes: int = 16 * 1024) -> web.Application:
+def build_app(services: Services, settings: HttpConfig = HttpConfig()) -> web.Application:
+    """The REST bridge over `services`; serve it with `HttpListener` (http_bridge.listener),
+    which applies the rest of `settings` (address, timeouts, connection cap)."""
     app = web.Application(
-        middlewares=[request_context, error_envelopes], client_max_size=max_body_bytes
+        middlewares=[request_context, error_envelopes], client_max_size=settings.max_body_bytes
     )
     app[SERVICES] = services
+    app[HTTP_SETTINGS] = settings
     app.router.add_get("/healthz", healthz)
     rainbow.add_routes(app)
     kazoo.add_routes(app)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from component.actions import Identity, PresenceSharing
+from component.config import HttpConfig
 from component.device_sharing import DeviceSharing
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
@@ -29,6 +30,8 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+# The `[http]` settings: the listener's limits, and the body deadline read_json_object keeps.
+HTTP_SETTINGS = web.AppKey("http_settings", HttpConfig)
 # Per-request values the logging middleware reports.
 REQUEST_ID = web.RequestKey("request_id", str)
 USER_JID = web.RequestKey("user_jid", str)

@@ -8,6 +8,8 @@ is the code's first three digits.
 from __future__ import annotations
 
 import io
+import re
+
 import segno
 from aiohttp import web
 
@@ -19,6 +21,17 @@ from http_bridge.inputs import bearer_token, read_json_object
 
 P = "/v2/share/device"
 QR_SCALE = 8  # pixels per module: a 33-module code is a 328 px image with its quiet zone
+
+# An invite code is the credential of a share (whoever holds a qrcode share's code may
+# accept it): paths that carry one are logged with its first 6 characters only, as
+# component/device_sharing.py writes codes in its own lines. By shape, not by route, so a
+# path that matches no route (a typo, a 404) is redacted too.
+_CODE_IN_PATH = re.compile(rf"^({P}/(?:delete|qrcode)/)([^/.]{{6}})[^/.]+")
+
+
+def redact_invite_codes(path: str) -> str:
+    """`path` as it may be logged: an invite code in it cut to `abcdef…`."""
+    return _CODE_IN_PATH.sub(r"\1\2…", path, count=1)
 
 
 def add_routes(app: web.Application) -> None:

@@ -92,10 +92,12 @@ async def update_state(
 
 async def hide_for(conn: Conn, invite_code: InviteCode, user_id: UserId) -> bool:
     """Hide the share from `user_id`'s own history (the other party still sees it)."""
+    # `IS`, not `=`: to_user_id is NULL until someone answers a qrcode share (or an e-mail
+    # share to an unknown address), and NULL in a NOT NULL column failed the whole update.
     cur = await conn.execute(
         "UPDATE device_shares SET"
-        " hidden_by_sender = hidden_by_sender OR from_user_id = ?1,"
-        " hidden_by_receiver = hidden_by_receiver OR to_user_id = ?1"
+        " hidden_by_sender = hidden_by_sender OR from_user_id IS ?1,"
+        " hidden_by_receiver = hidden_by_receiver OR to_user_id IS ?1"
         " WHERE invite_code = ?2 AND (from_user_id = ?1 OR to_user_id = ?1)",
         (user_id, invite_code),
     )

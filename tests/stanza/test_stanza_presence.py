@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -206,6 +207,14 @@ async def test_bad_requests(wire: Wire, db: Database, kind: str, payload: str, t
     reply = await wire.ask(iq(kind, "e1", ALICE, payload))
     assert same_xml(reply, error_xml("e1", ALICE, "modify", "bad-request", text)), str(reply)
     assert await requests_in_db(db) == []
+
+
+async def test_an_iq_id_cannot_forge_a_log_line(wire: Wire, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="component.xmpp"):
+        reply = await wire.ask(iq("get", "e1&#10;forged&#13;line", ALICE, handshake("id='nope'")))
+    assert reply["type"] == "error"
+    [message] = [r.getMessage() for r in caplog.records if r.name == "component.xmpp"]
+    assert message.startswith("iq e1\\x0aforged\\x0dline from alice@example.test/phone refused: bad-request")
 
 
 async def test_unknown_or_foreign_requests_are_item_not_found(wire: Wire) -> None:

@@ -36,7 +36,7 @@ from component.model import (
     new_object_id,
 )
 from storage import Database
-from unit_rig import SERVED, TOKEN_TTL_S, CommitCounter, clear_outbox, outbox_rows, request_rows
+from unit_rig import SERVED, TOKEN_TTL_S, CommitCounter, FakeVerifier, clear_outbox, outbox_rows, request_rows
 
 START = FixedClock().now_ms()
 
@@ -626,6 +626,17 @@ async def test_user_for_jid_refuses_other_domains(identity: Identity) -> None:
 async def test_authenticate_refuses_missing_and_unknown_tokens(identity: Identity, token: str | None) -> None:
     with pytest.raises(Unauthorized):
         await identity.authenticate(token)
+
+
+@pytest.mark.parametrize("token", ["\udcc3(", "\ud800", "caf\u00e9", "\x00"])
+async def test_any_str_is_an_unknown_token_not_an_error(db: Database, clock: FixedClock, token: str) -> None:
+    # Lone surrogates are what aiohttp makes of header bytes that are not UTF-8.
+    identity = Identity(db, clock, SERVED, FakeVerifier(), TOKEN_TTL_S, admin_token="adm")
+    with pytest.raises(Unauthorized):
+        await identity.authenticate(token)
+    with pytest.raises(Unauthorized):
+        await identity.principal(token)
+    await identity.logout(token)  # nothing to revoke, and no error
 
 
 # ---- concurrency ------------------------------------------------------------------------

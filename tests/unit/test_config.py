@@ -76,7 +76,10 @@ def test_every_section_and_key() -> None:
             "max_concurrent_iqs": 5,
             "privilege_wait_s": 1.5,
         },
-        "http": {"host": "0.0.0.0", "port": 9090, "max_body_bytes": 1024},
+        "http": {
+            "host": "0.0.0.0", "port": 9090, "max_body_bytes": 1024,
+            "header_timeout_s": 5, "body_timeout_s": 2.5, "max_connections": 64,
+        },
         "storage": {"path": "/var/lib/p.sqlite3"},
         "auth": {
             "admin_token": "adm",
@@ -125,6 +128,8 @@ def test_unknown_sections_and_keys_are_refused_by_name(raw: dict[str, Any], name
         ("component", "domains", "example.test"),
         ("component", "domains", ["example.test", 3]),
         ("http", "port", 80.5),
+        ("http", "max_connections", 1.5),
+        ("http", "header_timeout_s", "10"),
         ("http", "host", 127),
         ("storage", "path", ["a"]),
         ("auth", "c2s_allow_plaintext", "false"),
@@ -165,6 +170,20 @@ def test_the_component_jid_must_be_a_subdomain(jid: str) -> None:
         parse_config({"component": {"jid": jid, "secret": "s"}})
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("header_timeout_s", 0), ("body_timeout_s", -1.5), ("max_connections", 0), ("max_body_bytes", 0)],
+)
+def test_http_limits_must_be_positive(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"\[http\] .*{key}"):
+        parse_config(with_section("http", **{key: value}))
+
+
+def test_http_limits_defaults() -> None:
+    http = parse_config(MINIMAL).http
+    assert (http.header_timeout_s, http.body_timeout_s, http.max_connections) == (10.0, 10.0, 512)
+
+
 def test_token_ttl_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="token_ttl_s"):
         parse_config(with_section("auth", token_ttl_s=0))
@@ -203,6 +222,12 @@ def test_login_limits_reach_the_limiter() -> None:
 def test_the_ca_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[auth\] c2s_tls_ca_file"):
         parse_config(with_section("auth", c2s_tls_ca_file=str(tmp_path / "absent.pem")))
+
+
+@pytest.mark.parametrize("token", ["two words", "caf\u00e9", "tab\there"])
+def test_an_admin_token_that_no_header_could_carry_is_refused(token: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[auth\] admin_token"):
+        parse_config(with_section("auth", admin_token=token))
 
 
 def test_load_config_reports_missing_and_invalid_files(tmp_path: Path) -> None:

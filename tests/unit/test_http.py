@@ -13,11 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
+from component.config import HttpConfig
 from component.errors import TooManyLogins
 from component.model import new_object_id
 from http_bridge import Services, build_app
 from storage import Database
-from unit_rig import request_rows
+from unit_rig import raw_http, request_rows
 
 AUTH = "/api/rainbow/authentication/v1.0"
 MAX_BODY = 1024
@@ -42,7 +43,7 @@ def health() -> Health:
 async def client(
     identity: Identity, sharing: PresenceSharing, health: Health
 ) -> AsyncIterator[TestClient]:
-    app = build_app(Services(identity, sharing, health, max_page_size=50), max_body_bytes=MAX_BODY)
+    app = build_app(Services(identity, sharing, health, max_page_size=50), HttpConfig(max_body_bytes=MAX_BODY))
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 
@@ -186,6 +187,30 @@ async def test_requests_without_a_valid_token_get_401(
     assert (body["errorCode"], body["errorMsg"], body["errorDetailsCode"]) == (401, "Unauthorized", 401000)
 
 
+# aiohttp decodes header bytes as UTF-8 with surrogateescape: these reached the token hash
+# as lone surrogates (UnicodeEncodeError, a 500). A token is visible ASCII; anything else
+# is no token.
+BAD_TOKEN_HEADERS = [
+    b"Access-Token: \xc3\x28",
+    b"X-Auth-Token: \xff\xfe",
+    b"Authorization: Bearer \xff",
+    b"Authorization: Bearer caf\xc3\xa9",  # valid UTF-8, not ASCII
+    b"X-Auth-Token: two words",
+]
+
+
+@pytest.mark.parametrize("header", BAD_TOKEN_HEADERS)
+@pytest.mark.parametrize("call", ["list", "logout"])
+async def test_a_token_that_is_not_visible_ascii_is_no_token(
+    client: TestClient, alice: Session, header: bytes, call: str
+) -> None:
+    target = f"{alice.presences}/sent" if call == "list" else f"{AUTH}/logout"
+    answer = await raw_http(
+        client.host, client.port, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header
+    )
+    assert (answer.status, answer.json()) == (401, envelope(401, "Unauthorized", "missing token", 401000))
+
+
 async def test_logout_revokes_the_token(client: TestClient, alice: Session) -> None:
     async with client.get(f"{AUTH}/logout", headers=alice.headers) as resp:
         assert resp.status == 200
@@ -262,6 +287,25 @@ async def test_create_with_a_body_that_is_not_json(client: TestClient, alice: Se
     async with client.post(alice.presences, data=b"{oops", headers=alice.headers) as resp:
         assert resp.status == 400
         assert await resp.json() == envelope(400, "Bad Request", "body is not valid JSON", 400000)
+
+
+@pytest.mark.parametrize(
+    ("raw", "details"),
+    [
+        # 500 levels fit under MAX_BODY; 1000 made json.loads raise RecursionError (a 500).
+        (b"[" * 500 + b"]" * 500, "body nests more than 32 levels of arrays and objects"),
+        (b'{"toJid": ' + b"[" * 33 + b"]" * 33 + b"}", "body nests more than 32 levels of arrays and objects"),
+        (b'{"toJid": "b\xf6b@example.test"}', "body is not UTF-8"),
+        ('{"toJid": "bob@example.test"}'.encode("utf-16"), "body is not UTF-8"),
+        (b'{"toJid": Infinity}', "body is not valid JSON"),
+    ],
+)
+async def test_create_with_a_body_too_deep_or_not_utf8(
+    alice: Session, db: Database, raw: bytes, details: str
+) -> None:
+    async with alice.client.post(alice.presences, data=raw, headers=alice.headers) as resp:
+        assert (resp.status, await resp.json()) == (400, envelope(400, "Bad Request", details, 400000))
+    assert await request_rows(db) == []
 
 
 async def test_create_twice_is_a_409_duplicate(alice: Session, bob: Session) -> None:

@@ -13,12 +13,13 @@ from yarl import URL
 
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
+from component.config import HttpConfig
 from component.model import BareJid, new_account_id, new_object_id
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 from http_bridge import Services, build_app
 from storage import Database
-from unit_rig import SERVED, TOKEN_TTL_S, FakeVerifier, clear_outbox, outbox_rows
+from unit_rig import SERVED, TOKEN_TTL_S, FakeVerifier, clear_outbox, outbox_rows, raw_http
 
 COMPONENT = "presence.example.test"
 ADMIN = "ADMIN"
@@ -58,7 +59,7 @@ async def client(
         identity, sharing, Health(), max_page_size=50,
         provisioning=provisioning, states=states, component_jid=COMPONENT,
     )
-    async with TestClient(TestServer(build_app(services, max_body_bytes=MAX_BODY))) as test_client:
+    async with TestClient(TestServer(build_app(services, HttpConfig(max_body_bytes=MAX_BODY)))) as test_client:
         yield test_client
 
 
@@ -345,6 +346,18 @@ async def test_without_a_valid_token_kazoo_paths_answer_401(
         )
 
 
+@pytest.mark.parametrize(
+    "header", [b"X-Auth-Token: \xff\xfe", b"X-Auth-Token: \xc3\x28", b"Authorization: Bearer \xff", b"X-Auth-Token: a b"]
+)
+async def test_a_token_that_is_not_visible_ascii_is_no_token_and_not_echoed(
+    client: TestClient, header: bytes
+) -> None:
+    answer = await raw_http(
+        client.host, client.port, b"GET /v2/accounts HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-1\r\n" + header
+    )
+    assert (answer.status, answer.json()) == (401, err(401, "invalid credentials", {"message": "missing token"}, ""))
+
+
 async def test_other_token_headers_are_accepted(client: TestClient) -> None:
     async with client.get("/v2/accounts", headers={"Authorization": f"Bearer {ADMIN}", "X-Request-Id": REQ}) as resp:
         assert (resp.status, await resp.json()) == (200, ok([]))
@@ -395,6 +408,32 @@ async def test_bad_bodies_get_400_in_kazoo_envelopes(client: TestClient, db: Dat
         ))
     )
     assert await rows(db, "SELECT * FROM extension_states") == []
+
+
+def nested(depth: int, inner: bytes = b"1") -> bytes:
+    return b"[" * depth + inner + b"]" * depth
+
+
+async def test_json_nested_too_deep_or_not_utf8_is_a_400(client: TestClient, db: Database) -> None:
+    # 1000 levels made json.loads raise RecursionError: a 500.
+    for raw, message in [
+        (nested(1000), "body nests more than 32 levels of arrays and objects"),
+        (b'{"data": {"name": "x", "realm": "example.test", "extra": ' + nested(31) + b"}}",
+         "body nests more than 32 levels of arrays and objects"),
+        (b'{"data": {"name": "caf\xe9", "realm": "example.test"}}', "body is not UTF-8"),
+        ('{"data": {"name": "x", "realm": "example.test"}}'.encode("utf-16"), "body is not UTF-8"),
+        (b'{"data": {"name": NaN, "realm": "example.test"}}', "body is not valid JSON"),
+    ]:
+        assert await call(client, "PUT", "/v2/accounts", raw=raw) == (
+            400, err(400, "invalid data", {"message": message})
+        ), raw
+    assert await rows(db, "SELECT * FROM accounts") == []
+    # 32 levels are fine, and brackets inside strings are not nesting.
+    status, body = await call(
+        client, "PUT", "/v2/accounts",
+        raw=b'{"data": {"name": "' + b"[" * 100 + b'", "realm": "example.test", "extra": ' + nested(30) + b"}}",
+    )
+    assert (status, body["data"]["name"]) == (201, "[" * 100)
 
 
 async def test_unknown_kazoo_paths_get_kazoo_404(client: TestClient) -> None:

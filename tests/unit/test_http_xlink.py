@@ -14,6 +14,7 @@ from defusedxml import ElementTree as SafeET
 
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock, iso_ms
+from component.config import HttpConfig
 from component.commands import Principal
 from component.device_sharing import DeviceSharing
 from component.model import new_account_id, new_invite_code, new_object_id
@@ -21,7 +22,7 @@ from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 from http_bridge import Services, build_app
 from storage import Database
-from unit_rig import SERVED, outbox_rows
+from unit_rig import SERVED, outbox_rows, raw_http
 
 if TYPE_CHECKING:  # conftest is not importable by name: the stanza tier has one too
     from conftest import Home
@@ -46,7 +47,7 @@ async def client(
         identity, sharing, Health(), max_page_size=50, provisioning=provisioning, states=states,
         component_jid=COMPONENT, device_sharing=device_sharing,
     )
-    async with TestClient(TestServer(build_app(services, max_body_bytes=4096))) as test_client:
+    async with TestClient(TestServer(build_app(services, HttpConfig(max_body_bytes=4096)))) as test_client:
         yield test_client
 
 
@@ -206,6 +207,27 @@ async def test_delete_hides_from_the_callers_list_only(client: TestClient, home:
     assert [s["invite_code"] for s in bobs] == [code]
 
 
+@pytest.mark.parametrize(
+    "header", [b"Access-Token: \xc3\x28", b"Access-Token: \xff\xfe", b"Authorization: Bearer \xff"]
+)
+async def test_a_token_that_is_not_visible_ascii_is_no_token(client: TestClient, header: bytes) -> None:
+    answer = await raw_http(client.host, client.port, f"GET {P}/list HTTP/1.1\r\nHost: x\r\n".encode() + header)
+    assert (answer.status, answer.json()) == xerr(4031003, "missing token")
+
+
+@pytest.mark.parametrize(
+    "share", [{"mode": "qrcode"}, {"mode": "email", "user": "zoe@mail.test"}]
+)
+async def test_the_manager_deletes_a_share_nobody_answered_yet(
+    client: TestClient, home: Home, tokens: dict[str, str], share: dict[str, str]
+) -> None:
+    # No invitee yet (to_user_id NULL): the update wrote NULL into hidden_by_receiver, a 500.
+    code = await make_share(client, tokens["alice"], device_id=home.hall.id, **share)
+    assert await call(client, "DELETE", f"{P}/delete/{code}", tokens["alice"]) == (200, b"")
+    assert await call(client, "GET", f"{P}/list", tokens["alice"]) == (200, [])
+    assert await call(client, "POST", f"{P}/accept", tokens["bob"], {"invite_code": code}) == (200, b"")
+
+
 async def test_any_token_header_works_on_xlink_paths(client: TestClient, home: Home, tokens: dict[str, str]) -> None:
     for headers in ({"Authorization": f"Bearer {tokens['carol']}"}, {"X-Auth-Token": tokens["carol"]}):
         async with client.get(f"{P}/list", headers=headers) as resp:
@@ -313,6 +335,12 @@ async def test_share_errors(client: TestClient, home: Home, tokens: dict[str, st
     assert await call(client, "POST", P, alice, raw=b"{") == xerr(4001001, "body is not valid JSON")
     assert await call(client, "POST", P, alice, raw=b"[]") == xerr(4001001, "body must be a JSON object")
     assert await call(client, "POST", P, alice, raw=b"") == xerr(4001001, "a JSON object body is required")
+    deep = b"[" * 1000 + b"]" * 1000  # json.loads raised RecursionError: a 500
+    assert await call(client, "POST", P, alice, raw=deep) == xerr(
+        4001001, "body nests more than 32 levels of arrays and objects"
+    )
+    for raw in (b'{"device_id": "\xff"}', b'{"mode": "qrcode", "expire": 60, "device_id": "\xc3\x28"}'):
+        assert await call(client, "POST", P, alice, raw=raw) == xerr(4001001, "body is not UTF-8")
     assert await share_rows(db) == []
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from component.model import BareJid
@@ -52,3 +54,36 @@ async def request_rows(db: Database) -> list[tuple[Any, ...]]:
         " FROM presence_requests ORDER BY request_date, id"
     ) as cur:
         return [tuple(r) for r in await cur.fetchall()]
+
+
+# ---- raw HTTP: bytes an HTTP client library refuses to send ----------------------------
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    status: int
+    headers: dict[str, str]  # names lowercased
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def raw_http(host: str, port: int, head: bytes, body: bytes = b"", timeout: float = 10.0) -> RawAnswer:
+    """Send one request exactly as given (`head` is the request line and headers, without
+    the blank line; `Connection: close` is added) and read the answer to the end."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(head.rstrip(b"\r\n") + b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            data = await reader.read()
+    finally:
+        writer.close()
+    head_bytes, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawAnswer(int(status_line.split()[1]), headers, rest)
