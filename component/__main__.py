@@ -141,6 +141,7 @@ class Service:
                 self.states,
                 config.component.jid,
                 self.device_sharing,
+                self.metrics,
             ),
             config.http,
         )
@@ -166,6 +167,29 @@ class Service:
         body["mail_pending"] = backlog.get("mail_pending", 0)
         body["dead_letters"] = backlog.get("dead_letters", 0)
         return storage == "ok" and status["xmpp"] == "connected", body
+
+    async def metrics(self) -> dict[str, object]:
+        """GET /metrics: one reading of the service's figures (http_bridge/metrics.py
+        names them); the backlog is read from storage, the rest are counters."""
+        try:
+            backlog = await self.db.read(delivery_backlog)
+        except Exception:  # noqa: BLE001 - /healthz says why
+            backlog = {}
+        oldest = backlog.get("outbox_oldest")
+        status = self.xmpp.status()
+        return {
+            "outbox_pending": backlog.get("outbox_pending", 0),
+            "outbox_oldest_age_seconds": max(0, self.clock.now_ms() - oldest) / 1000 if oldest else 0,
+            "mail_pending": backlog.get("mail_pending", 0),
+            "dead_letters": backlog.get("dead_letters", 0),
+            "xmpp_connected": int(status["xmpp"] == "connected"),
+            "roster_granted": int(status["roster"] == "granted"),
+            "delivered": self.dispatcher.delivered,
+            "roster_errors": self.dispatcher.roster_errors,
+            "consents_ended_from_clients": self.rosters.ended_from_clients,
+            "dead_lettered": {"outbox": self.dispatcher.dead, "mail": self.mail.dead},
+            "logins": dict(self.identity.logins),
+        }
 
     async def start(self) -> None:
         await self.db.open()

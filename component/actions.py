@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
@@ -29,6 +30,7 @@ from component.errors import (
     Forbidden,
     LimitReached,
     NotFound,
+    ServiceUnavailable,
     TooManyLogins,
     Unauthorized,
     WrongState,
@@ -99,6 +101,9 @@ class Identity:
         self.token_ttl_ms = token_ttl_s * 1000
         self.login_limiter = LoginLimiter(clock, login_limits)
         self.max_tokens_per_user = max_tokens_per_user
+        # Logins by outcome, for /metrics: accepted, refused (wrong login or password),
+        # limited (429), forbidden (a domain not served), unavailable (503).
+        self.logins: Counter[str] = Counter()
 
     def check_served(self, jid: BareJid) -> None:
         if jid_domain(jid) not in self.served_domains:
@@ -114,6 +119,26 @@ class Identity:
         return await self.db.write(lambda tx: users.get_or_create(tx, jid, now))
 
     async def login(self, jid_text: str, password: str, address: str | None = None) -> tuple[str, User]:
+        """Verify the password against the XMPP server (never stored) and issue a token
+        (see `_login`); every outcome is counted."""
+        try:
+            issued = await self._login(jid_text, password, address)
+        except TooManyLogins:
+            self.logins["limited"] += 1
+            raise
+        except Unauthorized:
+            self.logins["refused"] += 1
+            raise
+        except Forbidden:
+            self.logins["forbidden"] += 1
+            raise
+        except ServiceUnavailable:
+            self.logins["unavailable"] += 1
+            raise
+        self.logins["accepted"] += 1
+        return issued
+
+    async def _login(self, jid_text: str, password: str, address: str | None) -> tuple[str, User]:
         """Verify the password against the XMPP server (never stored) and issue a token.
 
         `address` is the client's network address. Failed logins are limited per

@@ -139,6 +139,7 @@ class OutboxDispatcher(Worker):
         self.retry = retry
         self.delivered = 0
         self.dead = 0
+        self.roster_errors = 0  # roster IQs the server refused (waiting) or failed
         self._waiting: set[tuple[str, str]] = set()  # roster items whose rows wait (this drain)
         self._in_flight: set[int] = set()  # sent on the current stream, not yet confirmed
 
@@ -343,6 +344,7 @@ class OutboxDispatcher(Worker):
             elif step.remove:
                 await self.transport.remove_roster_item(change.owner, change.contact)
         except RosterRefused:
+            self.roster_errors += 1
             self._waiting.add(key)
             log.warning(
                 "roster: the server refuses access to %s's roster; the change of %s waits"
@@ -350,6 +352,7 @@ class OutboxDispatcher(Worker):
             )
             return _Applied(row, done=False)
         except RosterFailed as exc:
+            self.roster_errors += 1
             self._waiting.add(key)  # the item's later changes wait for this one's retry
             log.warning(
                 "roster: %s %s of %s in %s's roster failed (%s)",

@@ -144,6 +144,7 @@ class Rosters:
         self.clock = clock
         self.component_jid = component_jid
         self.on_commit = on_commit
+        self.ended_from_clients = 0  # consents a user ended from a stock client (/metrics)
 
     async def granted(self, owner: BareJid) -> tuple[dict[str, int], bool]:
         """The items of `owner` where the service holds a direction, with their record's
@@ -198,6 +199,7 @@ class Rosters:
             return ended, notes, deferred
 
         ended, notes, deferred = await self.db.write(check)
+        self.ended_from_clients += len(ended)
         for what in ended:
             log.info("consent ended from %s's roster: %s", owner, what)
         if notes:

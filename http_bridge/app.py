@@ -7,13 +7,14 @@ import logging
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from component.config import HttpConfig
 from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, WireError
 from component.logfields import untrusted
-from http_bridge import kazoo, rainbow, xlink
+from http_bridge import kazoo, metrics, rainbow, xlink
 from http_bridge.context import HTTP_SETTINGS, REQUEST_ID, SERVICES, USER_JID, Services
 from http_bridge.envelopes import render_error
 
@@ -53,6 +54,7 @@ async def request_context(request: web.Request, handler: Callable[[web.Request],
         status = response.status if response is not None else 500
         if response is not None:
             response.headers["X-Request-Id"] = request_id
+        metrics.count_request(request.app, request.path, status)
         log.info(
             "http %s %s -> %d in %.1f ms request_id=%s user=%s",
             untrusted(request.method), logged_path(request), status,
@@ -104,7 +106,9 @@ def build_app(services: Services, settings: HttpConfig = HttpConfig()) -> web.Ap
     )
     app[SERVICES] = services
     app[HTTP_SETTINGS] = settings
+    app[metrics.HTTP_COUNTS] = Counter()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics.metrics)
     rainbow.add_routes(app)
     kazoo.add_routes(app)
     xlink.add_routes(app)

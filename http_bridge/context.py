@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -14,6 +15,12 @@ from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 
 HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
+# One reading of the service's figures for /metrics (http_bridge/metrics.py names them).
+MetricsReading = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def _no_metrics() -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class Services:
     # Reported as each subscription's `stalker` (who holds it) in family 2 listings.
     component_jid: str = ""
     device_sharing: DeviceSharing | None = None
+    metrics: MetricsReading = _no_metrics
 
 
 SERVICES = web.AppKey("services", Services)
