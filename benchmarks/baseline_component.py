@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _jsonlines import answer, stdin_commands  # noqa: E402
-from component.slixfix import PrivilegeGrants, privileged_roster_set  # noqa: E402
+from component.xmpp.slixfix import PrivilegeGrants, privileged_roster_set  # noqa: E402
 
 
 async def main() -> None:

@@ -213,7 +213,7 @@ async def test_an_iq_id_cannot_forge_a_log_line(wire: Wire, caplog: pytest.LogCa
     with caplog.at_level(logging.INFO, logger="component.xmpp"):
         reply = await wire.ask(iq("get", "e1&#10;forged&#13;line", ALICE, handshake("id='nope'")))
     assert reply["type"] == "error"
-    [message] = [r.getMessage() for r in caplog.records if r.name == "component.xmpp"]
+    [message] = [r.getMessage() for r in caplog.records if r.name.startswith("component.xmpp")]
     assert message.startswith("iq e1\\x0aforged\\x0dline from alice@example.test/phone refused: bad-request")
 
 

@@ -9,6 +9,7 @@ from slixmpp.plugins.xep_0059 import stanza as rsm
 from slixmpp.xmlstream import ElementBase, register_stanza_plugin
 
 NS_CONFIGURATION = "jabber:iq:configuration"
+NS_RSM = rsm.Set.namespace  # XEP-0059: list IQs page with it
 # Our own namespace for family 2: the dialog state child of extension presence,
 # and the admin IQ that sets or resets it.
 NS_PRESENCE_STATE = "urn:xmpp:presence-consent:0"

@@ -1,0 +1,31 @@
+"""The XEP-0114 component: the XMPP adapter around the domain actions.
+
+It parses stanzas into commands, calls the actions, and answers; it also implements
+the outbox dispatcher's Transport (management messages, presence, XEP-0356 roster
+changes, the delivery barrier). It never touches SQL. One module per concern:
+
+- session.py: the connection life cycle, privileges, status, the IQ error boundary;
+- presence_sharing.py (family 1), subscriptions.py (family 2), device_sharing.py
+  (family 3): each family's stanza handlers;
+- rosters.py: XEP-0356 roster access, the roster checks, the account checks;
+- stanzas.py: the payload elements; slixfix.py: every workaround for slixmpp.
+"""
+
+from __future__ import annotations
+
+from component.xmpp.device_sharing import DeviceShareIqs
+from component.xmpp.presence_sharing import PresenceSharingIqs
+from component.xmpp.rosters import RosterAccess
+from component.xmpp.subscriptions import SubscriptionPresence
+
+
+class PresenceComponent(RosterAccess, SubscriptionPresence, PresenceSharingIqs, DeviceShareIqs):
+    """The component: the session (component.xmpp.session) and each family's handlers."""
+
+    def register_families(self) -> None:
+        self.register_presence_sharing()
+        self.register_subscriptions()
+        self.register_device_sharing()
+
+
+__all__ = ["PresenceComponent"]
