@@ -67,6 +67,12 @@ class ComponentConfig:
     # Attempts of a notification the server refuses (or that cannot be built) before it
     # is moved to the dead_letters table; retries back off from 2 s, doubling, to 5 min.
     outbox_max_attempts: int = field(default=8, metadata=between(1, 100))
+    # A plain-words <body> and an XEP-0334 <store/> hint in every management message, so
+    # stock clients show it and offline storage / MAM keep it.
+    readable_notifications: bool = True
+    # The management messages' type: Rainbow's own "management", or "normal" for stock
+    # clients that drop a type they do not know (RFC 6121 5.2.2 says to read it as normal).
+    management_type: str = field(default="management", metadata=one_of("management", "normal"))
 
     def served_domains(self) -> frozenset[str]:
         """The served domains as the server writes them (nameprep)."""

@@ -9,7 +9,7 @@ its outbox rows (management messages, roster items, presence, e-mail).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from component.actions import name_target, write_outbox
@@ -29,6 +29,7 @@ from component.errors import (
 from component.model import (
     XMPP_EVENT,
     Device,
+    DeviceId,
     DeviceShare,
     InviteCode,
     ShareMode,
@@ -56,6 +57,18 @@ from storage import mail as mail_outbox
 from storage import subscriptions as subs
 
 log = logging.getLogger(__name__)
+
+
+# DESIGN "Ad-hoc commands": the command that answers shares; `{node}:{invite code}` opens
+# it for one code, which is how an XMPP URI (XEP-0147) carries the code to a client.
+SHARES_COMMAND_NODE = "urn:xmpp:presence-consent:cmd:shares"
+
+
+def redeem_uri(component_jid: str, invite_code: str) -> str:
+    """The XEP-0147 URI that opens the shares command of `component_jid` for this code
+    (XEP-0050 section 5: `?command;node=`): a phone client that scans it lands in the
+    command, ready to accept. An invite code needs no escaping (RFC 5122 query)."""
+    return f"xmpp:{component_jid}?command;node={SHARES_COMMAND_NODE}:{invite_code}"
 
 
 @dataclass(frozen=True)
@@ -119,11 +132,12 @@ class DeviceSharing:
                 updated_at=now,
             )
             await shares.insert(tx, share)
-            await write_outbox(tx, sharing_messages(share, "create"), now)
+            await write_outbox(tx, sharing_messages(share, device.name, "create"), now)
             if mode is ShareMode.EMAIL:
                 mail = invite_mail(
                     share, device.name, iso_ms(share.expire_date) or "", self.settings.public_url,
                     self.settings.component_jid,
+                    redeem_uri(self.settings.component_jid, share.invite_code),
                 )
                 await mail_outbox.add(tx, mail.recipient, mail.subject, mail.body, now)
             return share, device, to_user, to_email
@@ -208,7 +222,7 @@ class DeviceSharing:
                 tx, share.invite_code, ShareState.PENDING, outcome, now, cmd.caller.id, cmd.reason
             ):
                 raise ShareNotUsable("the share changed meanwhile")
-            notes = sharing_messages(done, "update")
+            notes = sharing_messages(done, device.name, "update")
             if outcome is ShareState.ACCEPT:
                 notes += await grant_access(tx, done, device, self.settings.component_jid, now)
             await write_outbox(tx, notes, now)
@@ -245,9 +259,9 @@ class DeviceSharing:
                 tx, share.invite_code, state, ShareState.CANCEL, now, None, cmd.reason
             ):
                 raise ShareNotUsable("the share changed meanwhile")
-            notes = sharing_messages(done, "update")
+            device = await accounts.device_by_id(tx, share.device_id)
+            notes = sharing_messages(done, device.name if device else None, "update")
             if state is ShareState.ACCEPT:
-                device = await accounts.device_by_id(tx, share.device_id)
                 notes += await revoke_access(tx, done, device, self.settings.component_jid, now)
             await write_outbox(tx, notes, now)
             return share, state, done
@@ -275,13 +289,16 @@ class DeviceSharing:
         if device is None or device.owner_id != share.from_user.id:
             # The device was deleted or changed manager since the invitation.
             await shares.update_state(tx, share.invite_code, ShareState.PENDING, ShareState.INVALID, now)
-            await write_outbox(tx, sharing_messages(share, "update", ShareState.INVALID.value), now)
+            notes = sharing_messages(share, device.name if device else None, "update", ShareState.INVALID.value)
+            await write_outbox(tx, notes, now)
             return ShareNotUsable("the share is no longer valid: the device changed")
         return None
 
     async def _expire(self, tx: Conn, share: DeviceShare, now: int) -> DomainError:
         await shares.update_state(tx, share.invite_code, ShareState.PENDING, ShareState.OVERTIME, now)
-        await write_outbox(tx, sharing_messages(share, "update", ShareState.OVERTIME.value), now)
+        device = await accounts.device_by_id(tx, share.device_id)
+        notes = sharing_messages(share, device.name if device else None, "update", ShareState.OVERTIME.value)
+        await write_outbox(tx, notes, now)
         return ShareNotUsable("the share has expired")
 
     # ---- reads and history -------------------------------------------------------
@@ -292,6 +309,45 @@ class DeviceSharing:
         limit = self.settings.list_limit
         found = await self.db.read(lambda conn: shares.visible_to(conn, caller.id, limit))
         return [replace(s, state=s.effective_state(now)) for s in found]
+
+    async def managed_devices(self, caller: User) -> list[Device]:
+        """The devices the caller manages (and so may share), in any account."""
+        limit = self.settings.list_limit
+        return await self.db.read(lambda conn: accounts.devices_managed_by(conn, caller.id, limit))
+
+    async def device_names(self, found: Iterable[DeviceShare]) -> dict[DeviceId, str]:
+        """The names of the devices of shares the caller listed (those that still exist),
+        for people to read them."""
+        ids = sorted({s.device_id for s in found})
+
+        async def read(conn: Conn) -> dict[DeviceId, str]:
+            names = {}
+            for device_id in ids:
+                device = await accounts.device_by_id(conn, device_id)
+                if device is not None:
+                    names[device_id] = device.name
+            return names
+
+        return await self.db.read(read)
+
+    async def invitation(self, caller: User, invite_code: InviteCode) -> tuple[DeviceShare, str | None]:
+        """A share as the caller may see it before answering or canceling it, with its
+        device's name (None once the device is gone): the caller is its manager, its
+        invited user, or, for a share not yet tied to a user (a QR code, an e-mail to an
+        unknown address), the holder of the code. ShareNotFound otherwise (no oracle)."""
+        now = self.clock.now_ms()
+
+        async def read(conn: Conn) -> tuple[DeviceShare, str | None]:
+            share = await self._get(conn, invite_code)
+            parties = {share.from_user.id, share.to_user.id if share.to_user else caller.id}
+            if caller.id not in parties:
+                if share.mode is ShareMode.QRCODE:  # someone else answered it (as in _answer)
+                    raise not_answerable(share.effective_state(now))
+                raise ShareNotFound("share not found")
+            device = await accounts.device_by_id(conn, share.device_id)
+            return replace(share, state=share.effective_state(now)), device.name if device else None
+
+        return await self.db.read(read)
 
     async def delete(self, caller: User, invite_code: InviteCode) -> None:
         """Remove the share from the caller's own history; the other party still sees it."""
@@ -397,7 +453,7 @@ async def end_device_shares(
     notes: list[Notification] = []
     for share in live:
         await shares.update_state(tx, share.invite_code, share.state, ShareState.INVALID, now)
-        notes += sharing_messages(share, "update", ShareState.INVALID.value)
+        notes += sharing_messages(share, device.name, "update", ShareState.INVALID.value)
     revoked = {s.to_user.id: s for s in live if s.state is ShareState.ACCEPT and s.to_user}
     for share in revoked.values():
         notes += await revoke_access(tx, share, device, component_jid, now)
@@ -425,7 +481,8 @@ async def end_share_by_invitee(
         return []
     done = replace(share, state=ShareState.CANCEL, reason=ENDED_BY_INVITEE, updated_at=now)
     device = await accounts.device_by_id(tx, share.device_id)
-    return sharing_messages(done, "update") + await revoke_access(tx, done, device, component_jid, now)
+    notes = sharing_messages(done, device.name if device else None, "update")
+    return notes + await revoke_access(tx, done, device, component_jid, now)
 
 
 def not_answerable(state: ShareState) -> DomainError:

@@ -29,14 +29,23 @@ class Notification:
 
 
 def handshake_messages(request: PresenceRequest, action: str, status: str) -> list[Notification]:
-    """The seed's management message, to the sender (type='sent') and receiver ('received')."""
+    """The seed's management message, to the sender (type='sent') and receiver ('received').
+
+    `handshake` is the Rainbow child element's attributes, exactly; `peer` (the other
+    party) is for the readable body stock clients show (component.xmpp.notices)."""
     return [
         Notification(
             MESSAGE,
             party.jid,
-            {"handshake": {"id": request.id, "action": action, "type": side, "status": status}},
+            {
+                "handshake": {"id": request.id, "action": action, "type": side, "status": status},
+                "peer": other.jid,
+            },
         )
-        for party, side in ((request.from_user, "sent"), (request.to_user, "received"))
+        for party, other, side in (
+            (request.from_user, request.to_user, "sent"),
+            (request.to_user, request.from_user, "received"),
+        )
     ]
 
 
@@ -88,11 +97,12 @@ def extension_presence(
 
 
 def sharing_messages(
-    share: DeviceShare, action: str, state: str | None = None
+    share: DeviceShare, device_name: str | None, action: str, state: str | None = None
 ) -> list[Notification]:
     """The management message for a share's change, to the manager (type='sent') and to
     the invited user when known (type='received'): the family 1 shape with a
-    `<devicesharing/>` child instead of `<presencehandshake/>`."""
+    `<devicesharing/>` child instead of `<presencehandshake/>`. `peer` and `device`
+    (the device's name, None once it is deleted) are for the readable body."""
     attrs = {
         "id": share.invite_code,
         "action": action,
@@ -100,12 +110,15 @@ def sharing_messages(
         "device_id": share.device_id,
         "mode": share.mode.value,
     }
-    parties = [(share.from_user.jid, "sent")]
+    invitee = share.to_user.jid if share.to_user is not None else share.to_email
+    parties = [(share.from_user.jid, invitee, "sent")]
     if share.to_user is not None:
-        parties.append((share.to_user.jid, "received"))
+        parties.append((share.to_user.jid, share.from_user.jid, "received"))
     return [
-        Notification(MESSAGE, jid, {"devicesharing": {**attrs, "type": side}})
-        for jid, side in parties
+        Notification(
+            MESSAGE, jid, {"devicesharing": {**attrs, "type": side}, "peer": peer, "device": device_name}
+        )
+        for jid, peer, side in parties
     ]
 
 
@@ -117,26 +130,29 @@ class Mail:
 
 
 def invite_mail(
-    share: DeviceShare, device_name: str, expire_iso: str, public_url: str, component_jid: str
+    share: DeviceShare, device_name: str, expire_iso: str, public_url: str, component_jid: str,
+    xmpp_uri: str,
 ) -> Mail:
-    """The e-mail of an `email` share: the invite code and how to accept it."""
+    """The e-mail of an `email` share: the invite code and how to accept it, from an XMPP
+    client (the URI opens the service's shares command) or over REST."""
     base = public_url.rstrip("/")
     body = f"""{share.from_user.jid} invites you to see the presence of the device "{device_name}".
 
 Invite code: {share.invite_code}
 The invitation expires at {expire_iso}.
 
-To accept it, sign in and send, with your token in the Access-Token header:
+From an XMPP client (Conversations, Gajim, ...), open this address to accept or decline:
+
+    {xmpp_uri}
+
+or run the ad-hoc command "Device shares" of {component_jid} and enter the code.
+
+Over HTTP, sign in and send, with your token in the Access-Token header:
 
     POST {base}/v2/share/device/accept
     {{"invite_code": "{share.invite_code}"}}
 
 To decline, send the same body to {base}/v2/share/device/deny.
-
-From an XMPP client, send to {component_jid}:
-
-    <iq type="set"><deviceshare xmlns="urn:xmpp:presence-consent:share:0"
-        action="accept" invite_code="{share.invite_code}"/></iq>
 
 If you did not expect this invitation, ignore this message: it expires by itself.
 """

@@ -280,6 +280,12 @@ class PresenceStates:
 
     # ---- listing -----------------------------------------------------------------
 
+    async def watched_by(self, subscriber: BareJid, limit: int = 100) -> list[str]:
+        """The extensions a user watches (its disco#items on the component list them)."""
+        return await self.db.read(
+            lambda conn: subs.extensions_of_subscriber(conn, subscriber, XMPP_EVENT, limit)
+        )
+
     async def listing(
         self,
         caller: Principal,

@@ -14,7 +14,8 @@ import segno
 from aiohttp import web
 
 from component.commands import ShareAnswer, ShareDevice
-from component.device_sharing import DeviceSharing, share_fields
+from component.errors import BadRequest
+from component.device_sharing import DeviceSharing, redeem_uri, share_fields
 from component.model import User, parse_invite_code
 from http_bridge.context import USER_JID, services_of
 from http_bridge.inputs import bearer_token, read_json_object
@@ -94,13 +95,24 @@ async def delete(request: web.Request) -> web.Response:
     return _ok()
 
 
+QR_CONTENTS = ("code", "uri")
+
+
 async def qrcode(request: web.Request) -> web.Response:
-    """The invite code as a QR image, for the share's manager only."""
+    """The invite code as a QR image, for the share's manager only: the code alone
+    (`?content=code`, the default, as Xlink apps read it), or the XMPP URI that opens the
+    service's shares command for it (`?content=uri`, for a phone's XMPP client)."""
     user = await caller(request)
-    found = await _sharing(request).invite_for_qr(
-        user, parse_invite_code(request.match_info["invite_code"])
-    )
-    code = segno.make(found.invite_code, error="m")
+    invite_code = parse_invite_code(request.match_info["invite_code"])
+    content = request.query.get("content", "code")
+    if content not in QR_CONTENTS:
+        raise BadRequest("content must be code or uri", "content", "enum")
+    sharing = _sharing(request)
+    found = await sharing.invite_for_qr(user, invite_code)
+    text = found.invite_code
+    if content == "uri":
+        text = redeem_uri(sharing.settings.component_jid, found.invite_code)
+    code = segno.make(text, error="m")
     out = io.BytesIO()
     fmt = request.match_info["fmt"]
     code.save(out, kind=fmt, scale=QR_SCALE, border=4)

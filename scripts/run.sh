@@ -5,7 +5,7 @@
 #   - creates .venv with the project;
 #   - writes .demo/: a Prosody config with the component and mod_privilege, a service
 #     config (config.toml), a component secret and an admin token (kept across runs);
-#   - registers two demo users, alice and bob;
+#   - registers three demo users: alice, bob, and admin (an [auth] xmpp_admins);
 #   - starts Prosody, then `python -m component --config .demo/config.toml` in the foreground.
 # Ctrl-C stops both. Re-running reuses .demo/ (same secret, token, database).
 #
@@ -71,6 +71,7 @@ admin_token = "$ADMIN_TOKEN"
 c2s_host = "127.0.0.1"
 c2s_port = $C2S_PORT
 c2s_allow_plaintext = true   # the demo Prosody has no TLS certificate; loopback only
+xmpp_admins = ["admin@$DOMAIN"]   # may run the admin commands (set-state, subscriptions)
 
 [smtp]
 # A local mailbox (aiosmtpd): invitations land as files in $DEMO_ABS/mailbox/new/.
@@ -108,7 +109,8 @@ say "starting Prosody on 127.0.0.1 (c2s $C2S_PORT, component $COMPONENT_PORT)"
 "$VENV/bin/python" scripts/local_prosody.py up --dir "$DEMO_ABS/xmpp" --domain "$DOMAIN" \
   --component-jid "$COMPONENT_JID" --secret-file "$DEMO_ABS/secret" \
   --c2s-port "$C2S_PORT" --component-port "$COMPONENT_PORT" \
-  --user alice:alice-password --user bob:bob-password > "$DEMO_ABS/up.log" 2>&1 &
+  --user alice:alice-password --user bob:bob-password --user admin:admin-password \
+  > "$DEMO_ABS/up.log" 2>&1 &
 PROSODY_PID=$!
 SERVICE_PID=""
 MAILBOX_PID=""
@@ -144,8 +146,10 @@ MAILBOX_PID=$!
 B="http://127.0.0.1:$HTTP_PORT"
 cat >&2 <<EOT
 
-run.sh: the service is starting; REST on $B, XMPP users alice / bob (passwords alice-password / bob-password)
-        on 127.0.0.1:$C2S_PORT (plaintext, loopback only). Try, in another terminal:
+run.sh: the service is starting; REST on $B, XMPP users alice / bob / admin (passwords
+        alice-password / bob-password / admin-password) on 127.0.0.1:$C2S_PORT (plaintext,
+        loopback only). From an XMPP client, run the ad-hoc commands of $COMPONENT_JID
+        (profanity: /cmd list $COMPONENT_JID). Or try, in another terminal:
 
   curl -s $B/healthz
   curl -s -u alice@$DOMAIN:alice-password $B/api/rainbow/authentication/v1.0/login

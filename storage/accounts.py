@@ -206,6 +206,15 @@ async def devices_owned_by(
     return [_device(r) for r in rows]
 
 
+async def devices_managed_by(conn: Conn, owner_id: UserId, limit: int) -> list[Device]:
+    """The devices, in any account, whose manager (owner_id) is the user."""
+    async with conn.execute(
+        _DEVICE_SELECT + " WHERE owner_id = ? ORDER BY created_at, id LIMIT ?", (owner_id, limit)
+    ) as cur:
+        rows = await cur.fetchall()
+    return [_device(r) for r in rows]
+
+
 async def devices_with_extension(conn: Conn, realm: str, extension: str) -> list[Device]:
     """The devices of the realm's account whose extension (presence_id, else SIP
     username) is `extension`."""

@@ -157,6 +157,17 @@ async def of_subscriber(
     return [_subscription(r) for r in rows]
 
 
+async def extensions_of_subscriber(conn: Conn, subscriber: BareJid, event: str, limit: int) -> list[str]:
+    """The extensions the subscriber watches (in any realm), in order."""
+    async with conn.execute(
+        "SELECT DISTINCT extension FROM subscriptions WHERE subscriber = ? AND event = ?"
+        " ORDER BY extension LIMIT ?",
+        (subscriber, event, limit),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [r[0] for r in rows]
+
+
 async def remove_realm(conn: Conn, realm: str) -> None:
     """Forget every subscription and state of a realm (its account was deleted)."""
     await conn.execute("DELETE FROM subscriptions WHERE realm = ?", (realm,))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.metadata
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from slixmpp import ComponentXMPP, Iq, Message, Presence
+from slixmpp import JID, ComponentXMPP, Iq, Message, Presence
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
@@ -30,7 +31,8 @@ from component.logfields import untrusted
 from component.model import BareJid, User, jid_domain, parse_bare_jid
 from component.subscriptions import PresenceStates
 from component.xmpp import stanzas
-from component.xmpp.slixfix import PrivilegeGrants, detach_roster, management_message
+from component.xmpp.notices import management_body
+from component.xmpp.slixfix import PrivilegeGrants, answer_unserved_iqs, detach_roster, management_message
 from component.xmpp.stanzas import NS_CONFIGURATION, NS_SHARE
 from storage.outbox import OutboxRow
 
@@ -40,9 +42,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NS_PING = "urn:xmpp:ping"
+NS_HINTS = "urn:xmpp:hints"
 IQ_TIMEOUT_S = 15
 
 IqHandler = Callable[[Any, Iq], Awaitable[Iq]]
+
+SOFTWARE_NAME = "presence-consent"
+SERVICE_STATUS = "Presence consent: ad-hoc commands for presence requests and device shares"
+
+
+def software_version() -> str:
+    try:
+        return importlib.metadata.version(SOFTWARE_NAME)
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
 
 
 def answers_errors(handler: IqHandler) -> Callable[[Any, Iq], Awaitable[None]]:
@@ -120,6 +133,7 @@ class Session(ComponentXMPP):
         self.privileges_known = False
         self.roster_status = "unavailable"
         self._closing = False
+        self._failed_attempts = 0
         self._backoff = config.reconnect_min_s
         self._iq_slots = asyncio.Semaphore(config.max_concurrent_iqs)
         self._privileges_complete = asyncio.Event()
@@ -131,6 +145,10 @@ class Session(ComponentXMPP):
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0059")
         self.plugin["xep_0030"].add_identity(category="component", itype="presence", name="Presence consent")
+        # The basics every XMPP entity answers: XEP-0199 ping, XEP-0092 version (no OS).
+        self.register_plugin("xep_0199", {"keepalive": False})
+        self.register_plugin("xep_0092", {"software_name": SOFTWARE_NAME, "version": software_version()})
+        answer_unserved_iqs(self)
 
         # Subscriptions and probes are answered from the database, not from
         # slixmpp's in-memory roster (see slixfix.detach_roster).
@@ -141,6 +159,7 @@ class Session(ComponentXMPP):
         )
         self.add_event_handler("session_start", self.on_session_start)
         self.add_event_handler("disconnected", self.on_disconnected)
+        self.add_event_handler("connection_failed", self.on_connection_failed)
         self.add_event_handler("stream_error", self.on_stream_error)
         self.register_families()
 
@@ -149,6 +168,21 @@ class Session(ComponentXMPP):
 
     def on_user_presence(self, presence: Presence) -> None:
         """A user's own availability forwarded to the component (see RosterAccess)."""
+
+    def on_service_presence(self, presence: Presence) -> None:
+        """A subscription to, or a probe of, the component's own JID (RFC 6121 section 3):
+        a user who adds the service as a contact gets `subscribed` and the service's
+        availability, and sees it online from then on; `unsubscribe` gets `unsubscribed`."""
+        kind = presence.xml.get("type")
+        sender = presence["from"]
+        if not sender.user:
+            return
+        if kind == "unsubscribe":
+            self.make_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="unsubscribed").send()
+            return
+        if kind == "subscribe":
+            self.make_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="subscribed").send()
+        self.make_presence(pto=sender.bare, pfrom=self.boundjid.bare, pstatus=SERVICE_STATUS).send()
 
     def feature(self, namespace: str) -> None:
         self.plugin["xep_0030"].add_feature(namespace)
@@ -179,6 +213,7 @@ class Session(ComponentXMPP):
 
     async def on_session_start(self, _event: object) -> None:
         log.info("xmpp: component session established as %s", self.boundjid.bare)
+        self._failed_attempts = 0
         self.generation += 1
         self.session_up = True
         self._backoff = self.config.reconnect_min_s
@@ -248,6 +283,16 @@ class Session(ComponentXMPP):
             if self.dispatcher is not None:
                 self.dispatcher.wake()
 
+    def on_connection_failed(self, reason: object) -> None:
+        """The server could not be reached (slixmpp retries by itself, see
+        reschedule_connection_attempt): say so, once per attempt."""
+        self._failed_attempts += 1
+        log.warning(
+            "xmpp: cannot reach the server at %s:%d (%s); attempt %d, retrying within %.0f s",
+            self.config.server_host, self.config.server_port, reason or "no reason given",
+            self._failed_attempts, self.config.reconnect_max_s,
+        )
+
     def on_disconnected(self, reason: object) -> None:
         was_up = self.session_up
         self.session_up = False
@@ -295,7 +340,11 @@ class Session(ComponentXMPP):
     # ---- inbound stanzas: who calls, and how errors are answered --------------
 
     async def _caller(self, stanza: Iq) -> User:
-        sender = stanza["from"]
+        return await self._user_of(stanza["from"])
+
+    async def _user_of(self, sender: JID) -> User:
+        """The user behind a (server-stamped) sender; Forbidden for the server itself or
+        a domain that is not served."""
         if not sender.user:
             raise Forbidden("only user accounts may use this service")
         return await self.identity.user_for_jid(parse_bare_jid(sender.bare, "from"))
@@ -325,7 +374,9 @@ class Session(ComponentXMPP):
         return self.grants.can_change_roster(jid_domain(BareJid(owner)))
 
     def send_management(self, row: OutboxRow) -> None:
-        msg = management_message(self, row.recipient, self.boundjid.bare, f"ph-{row.id}")
+        msg = management_message(
+            self, row.recipient, self.boundjid.bare, f"ph-{row.id}", self.config.management_type
+        )
         # Family 1 rows carry a presencehandshake, family 3 rows a devicesharing child.
         element, attrs = (
             ("presencehandshake", row.payload["handshake"])
@@ -333,6 +384,12 @@ class Session(ComponentXMPP):
             else ("devicesharing", row.payload["devicesharing"])
         )
         ET.SubElement(msg.xml, f"{{{NS_CONFIGURATION}}}{element}", attrs)
+        if self.config.readable_notifications:
+            body = management_body(row.payload, self.boundjid.bare)
+            if body:
+                msg["body"] = body
+            # XEP-0334: keep it (offline storage, MAM) although its type is not `chat`.
+            ET.SubElement(msg.xml, f"{{{NS_HINTS}}}store")
         msg.send()
 
     async def barrier(self, generation: int) -> None:

@@ -15,15 +15,15 @@ NS_ROSTER = "jabber:iq:roster"
 NS_PRIVILEGE = "urn:xmpp:privilege:2"
 
 
-def management_message(xmpp, mto: str, mfrom: str, msg_id: str) -> Message:
-    """A `<message type='management'/>`.
+def management_message(xmpp, mto: str, mfrom: str, msg_id: str, mtype: str = "management") -> Message:
+    """A `<message type='management'/>` (or another type).
 
     slixmpp's Message silently drops a `type` outside RFC 6120's list when set
     through the stanza API, so the attribute is written directly. Remove when
     slixmpp accepts arbitrary message types.
     """
     msg = xmpp.make_message(mto=mto, mfrom=mfrom)
-    msg.xml.attrib["type"] = "management"
+    msg.xml.attrib["type"] = mtype
     msg["id"] = msg_id
     return msg
 
@@ -151,3 +151,25 @@ def detach_roster(xmpp) -> None:
         xmpp.event(f"presence_{presence['type']}", presence)
 
     xmpp.register_handler(Callback("Presence", StanzaPath("presence"), fire_events))
+
+
+class _ServedIq(Iq):
+    """An `<iq/>` whose unhandled get or set is answered `service-unavailable`."""
+
+    def unhandled(self) -> None:
+        if self["type"] in ("get", "set"):
+            reply = self.reply()
+            reply["error"]["type"] = "cancel"
+            reply["error"]["condition"] = "service-unavailable"
+            reply.send()
+
+
+def answer_unserved_iqs(xmpp) -> None:
+    """RFC 6120 section 8.4: an IQ get or set in a namespace the entity does not serve
+    is answered `service-unavailable`. slixmpp answers `feature-not-implemented` ("No
+    handlers registered"), which clients read as "the service is broken" (mcabber's
+    "Ping failed"). The stream builds its incoming `<iq/>` from this subclass instead;
+    plugins registered on `Iq` apply to it (it keeps Iq's plugin maps). Remove when
+    slixmpp answers `service-unavailable` itself."""
+    xmpp.remove_stanza(Iq)
+    xmpp.register_stanza(_ServedIq)

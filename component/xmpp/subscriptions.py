@@ -50,7 +50,10 @@ class SubscriptionPresence(Session):
         to = presence.xml.get("to", "")
         local, at, _ = to.partition("@")
         if not at:
-            self.on_user_presence(presence)
+            if presence.xml.get("type") in ("subscribe", "unsubscribe", "probe"):
+                self.on_service_presence(presence)
+            else:
+                self.on_user_presence(presence)
             return
         kind = presence.xml.get("type")
         if kind not in ("subscribe", "unsubscribe", "probe"):

@@ -41,7 +41,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -383,6 +383,7 @@ class Management:
     sender: str  # the message's from (bare)
     type: str | None  # the message's type attribute
     handshake: dict[str, str]  # the <presencehandshake/> attributes
+    body: str | None = field(default=None, compare=False)  # the readable text, if any
 
 
 @dataclass(frozen=True)
@@ -392,6 +393,7 @@ class SharingMessage:
     sender: str  # the message's from (bare)
     type: str | None  # the message's type attribute
     attrs: dict[str, str]  # the <devicesharing/> attributes
+    body: str | None = field(default=None, compare=False)  # the readable text, if any
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,8 @@ class XmppUser:
         self.extension_presence: asyncio.Queue[ExtensionPresence] = asyncio.Queue()
         # Presence from other users (full JID, type, show), e.g. a watched contact's.
         self.contact_presence: asyncio.Queue[tuple[str, str | None, str | None]] = asyncio.Queue()
+        # Ordinary messages from the service or an extension (the help reply, errors).
+        self.service_messages: asyncio.Queue[slixmpp.Message] = asyncio.Queue()
 
     async def connect(self, available: bool = True) -> XmppUser:
         """Log in and fetch the roster; with `available`, also send initial presence
@@ -434,6 +438,9 @@ class XmppUser:
         client.enable_plaintext = True
         client.plugin["feature_mechanisms"].unencrypted_plain = True
         client.register_plugin("xep_0030")
+        # slixmpp's own client side of ad-hoc commands, ping and version (tests/e2e/test_commands.py).
+        for plugin in ("xep_0004", "xep_0050", "xep_0092", "xep_0199"):
+            client.register_plugin(plugin)
         # A stock client asks its user before approving a subscription request; slixmpp
         # approves (and subscribes back) by itself unless told not to.
         client.roster.auto_authorize = None
@@ -478,6 +485,8 @@ class XmppUser:
         client.register_handler(
             Callback("e2e extension presence", MatchXPath("{jabber:client}presence"), self._on_presence)
         )
+        client.add_event_handler("message", self._on_chat)
+        client.add_event_handler("message_error", self._on_chat)
         client.add_event_handler("session_start", on_session_start)
         client.add_event_handler("failed_all_auth", on_failure)
         client.add_event_handler("connection_failed", on_failure)
@@ -492,7 +501,7 @@ class XmppUser:
 
     def _on_management(self, msg: slixmpp.Message) -> None:
         child = msg.xml.find(f"{{{NS_CONF}}}presencehandshake")
-        seen = Management(msg["from"].bare, msg.xml.get("type"), dict(child.attrib))
+        seen = Management(msg["from"].bare, msg.xml.get("type"), dict(child.attrib), _body(msg))
         if msg.xml.find(f"{{{NS_DELAY}}}delay") is not None:
             # Stored by Prosody's mod_offline (autoloaded) while this account was
             # offline, e.g. sent in an earlier test: not live traffic of this test.
@@ -502,11 +511,15 @@ class XmppUser:
 
     def _on_sharing(self, msg: slixmpp.Message) -> None:
         child = msg.xml.find(f"{{{NS_CONF}}}devicesharing")
-        seen = SharingMessage(msg["from"].bare, msg.xml.get("type"), dict(child.attrib))
+        seen = SharingMessage(msg["from"].bare, msg.xml.get("type"), dict(child.attrib), _body(msg))
         if msg.xml.find(f"{{{NS_DELAY}}}delay") is not None:
             self.offline_sharing.append(seen)  # from mod_offline: not this test's traffic
         else:
             self.sharing.put_nowait(seen)
+
+    def _on_chat(self, msg: slixmpp.Message) -> None:
+        if msg["from"].domain == COMPONENT and msg.xml.find(f"{{{NS_CONF}}}*") is None:
+            self.service_messages.put_nowait(msg)
 
     def _on_presence(self, pres: slixmpp.Presence) -> None:
         sender = pres["from"]
@@ -671,6 +684,10 @@ class XmppUser:
     async def deviceshare(self, **attrs: str) -> slixmpp.Iq:
         """`<iq type='set'><deviceshare xmlns=NS_SHARE .../></iq>` to the component."""
         return await self.iq("set", ET.Element(f"{{{NS_SHARE}}}deviceshare", attrs))
+
+
+def _body(msg: slixmpp.Message) -> str | None:
+    return msg.xml.findtext("{jabber:client}body")
 
 
 def handshake_of(answer: slixmpp.Iq) -> dict[str, str]:

@@ -337,7 +337,7 @@ async def test_email_share_mails_the_code_and_the_provisioned_invitee_denies(
     assert f"POST {PUBLIC_URL}/v2/share/device/accept" in body
     assert f'{{"invite_code": "{code}"}}' in body
     assert f"{PUBLIC_URL}/v2/share/device/deny" in body
-    assert f'action="accept" invite_code="{code}"' in body
+    assert f"xmpp:{COMPONENT}?command;node=urn:xmpp:presence-consent:cmd:shares:{code}" in body
     assert smtp_server.received.empty()
 
     pending = entry(code, world, world.carol, "pending", "email")

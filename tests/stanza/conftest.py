@@ -9,13 +9,14 @@ import pytest
 
 from component.actions import Identity, PresenceSharing
 from component.clock import FixedClock
+from component.commands import CreateAccount, CreateAccountUser, CreateDevice, Principal
 from component.config import ComponentConfig
 from component.device_sharing import DeviceSharing, SharingSettings
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
 from storage import Database
-from stanza_rig import COMPONENT, FakeVerifier, Wire
+from stanza_rig import COMPONENT, FakeVerifier, Home, Wire
 
 
 @pytest.fixture
@@ -85,3 +86,15 @@ async def comp(
 @pytest.fixture
 def wire(comp: PresenceComponent) -> Wire:
     return Wire(comp)
+
+
+@pytest.fixture
+async def home(provisioning: Provisioning) -> Home:
+    admin = Principal(None)
+    account = await provisioning.create_account(admin, CreateAccount("Example", "example.test"))
+    alice = await provisioning.create_user(admin, account.id, CreateAccountUser("alice", email="alice@mail.test"))
+    bob = await provisioning.create_user(admin, account.id, CreateAccountUser("bob"))
+    hall = await provisioning.create_device(
+        admin, account.id, CreateDevice("Hall phone", "1001", owner_id=alice.user.id)
+    )
+    return Home(account, hall, alice.user.id, bob.user.id)

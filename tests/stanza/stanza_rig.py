@@ -4,15 +4,27 @@ dispatcher, stanzas out captured from `send`. No sockets, no server."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from xml.etree.ElementTree import canonicalize
 
 from slixmpp.xmlstream import ET, StanzaBase
 
-from component.model import BareJid
+from component.model import Account, BareJid, Device
 from component.xmpp import PresenceComponent
 
 COMPONENT = "presence.example.test"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+
+@dataclass(frozen=True)
+class Home:
+    """The `home` fixture: one account (realm example.test) whose hall phone (extension
+    1001) alice manages; bob is provisioned too."""
+
+    account: Account
+    hall: Device  # alice manages it
+    alice_id: str
+    bob_id: str
 
 
 class FakeVerifier:
@@ -43,12 +55,20 @@ class Wire:
                 node.tag = f"{{jabber:component:accept}}{node.tag}"
         self.comp._spawn_event(element)
 
-    async def wait_for(self, stanza_id: str, timeout: float = 5) -> StanzaBase:
-        """The stanza the component sends with this id (a reply to ours, or its own)."""
+    async def deliver(self, xml: str) -> None:
+        """Feed one stanza and wait until every handler it started has finished."""
+        before = asyncio.all_tasks()
+        self.feed(xml)
+        started = asyncio.all_tasks() - before
+        await asyncio.wait_for(asyncio.gather(*started), 5)
+
+    async def wait_for(self, stanza_id: str, timeout: float = 5, since: int = 0) -> StanzaBase:
+        """The stanza the component sends with this id (a reply to ours, or its own),
+        among those sent from the `since`-th on."""
 
         async def arrival() -> StanzaBase:
             while True:
-                for stanza in self.sent:
+                for stanza in self.sent[since:]:
                     if stanza["id"] == stanza_id:
                         return stanza
                 self._changed.clear()
@@ -68,13 +88,19 @@ class Wire:
         return await asyncio.wait_for(arrival(), timeout)
 
     async def ask(self, xml: str) -> StanzaBase:
-        """Feed an IQ and return the component's answer to it."""
+        """Feed an IQ and return the component's answer to it (ids may repeat)."""
+        since = len(self.sent)
         self.feed(xml)
-        return await self.wait_for(ET.fromstring(xml).attrib["id"])
+        return await self.wait_for(ET.fromstring(xml).attrib["id"], since=since)
 
 
 def iq(kind: str, stanza_id: str, sender: str, payload: str) -> str:
     return f"<iq type='{kind}' id='{stanza_id}' from='{sender}' to='{COMPONENT}'>{payload}</iq>"
+
+
+def xml_text(text: str) -> str:
+    """Text as it is written inside an XML element."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
 
 
 def same_xml(actual: StanzaBase | str, expected: str) -> bool:

@@ -23,7 +23,7 @@ ALICE = "alice@example.test/r"
 ADMIN = "admin@example.test/console"
 HUGE = "x" * 70_000
 CONDITIONS = {
-    "bad-request", "forbidden", "item-not-found", "conflict", "feature-not-implemented",
+    "bad-request", "forbidden", "item-not-found", "conflict", "feature-not-implemented", "service-unavailable",
     "service-unavailable", "not-authorized", "resource-constraint", "policy-violation",
 }
 
@@ -120,7 +120,6 @@ PRESENCES = [
     f"<presence type='bogus' from='{ALICE}' to='101@{COMPONENT}'/>",
     f"<presence from='{ALICE}' to='101@{COMPONENT}'><status>{HUGE}</status></presence>",
     f"<presence type='unavailable' from='{ALICE}' to='{COMPONENT}'/>",
-    f"<presence type='subscribe' from='{ALICE}' to='{COMPONENT}'/>",
     f"<presence from='example.test' to='{COMPONENT}'/>",
 ]
 

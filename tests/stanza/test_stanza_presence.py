@@ -79,9 +79,11 @@ async def test_create_answers_the_request_as_attributes(wire: Wire, identity: Id
         rows = [(r[0], r[1], json.loads(r[2])) for r in await cur.fetchall()]
     assert rows == [
         ("message", "alice@example.test",
-         {"handshake": {"id": request_id, "action": "create", "type": "sent", "status": "pending"}}),
+         {"handshake": {"id": request_id, "action": "create", "type": "sent", "status": "pending"},
+          "peer": "bob@example.test"}),
         ("message", "bob@example.test",
-         {"handshake": {"id": request_id, "action": "create", "type": "received", "status": "pending"}}),
+         {"handshake": {"id": request_id, "action": "create", "type": "received", "status": "pending"},
+          "peer": "alice@example.test"}),
     ]
 
 

@@ -4,20 +4,17 @@ application-specific condition, and the `devicesharing` management message."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from slixmpp.xmlstream import StanzaBase
 
 from component.clock import FixedClock, iso_ms
-from component.commands import CreateAccount, CreateAccountUser, CreateDevice, Principal
-from component.model import Account, Device, new_invite_code
-from component.provisioning import Provisioning
+from component.model import new_invite_code
 from component.xmpp import PresenceComponent
 from storage import Database, outbox
 from storage.outbox import OutboxRow
-from stanza_rig import COMPONENT, NS_STANZAS, Wire, iq, same_xml
+from stanza_rig import COMPONENT, Home, NS_STANZAS, Wire, iq, same_xml, xml_text
 
 NS = "urn:xmpp:presence-consent:share:0"
 NS_CONF = "jabber:iq:configuration"
@@ -25,26 +22,6 @@ ALICE = "alice@example.test/phone"
 BOB = "bob@example.test/desk"
 CAROL = "carol@example.test/r"
 START = FixedClock().now_ms()
-
-
-@dataclass(frozen=True)
-class Home:
-    account: Account
-    hall: Device  # alice manages it
-    alice_id: str
-    bob_id: str
-
-
-@pytest.fixture
-async def home(provisioning: Provisioning) -> Home:
-    admin = Principal(None)
-    account = await provisioning.create_account(admin, CreateAccount("Example", "example.test"))
-    alice = await provisioning.create_user(admin, account.id, CreateAccountUser("alice", email="alice@mail.test"))
-    bob = await provisioning.create_user(admin, account.id, CreateAccountUser("bob"))
-    hall = await provisioning.create_device(
-        admin, account.id, CreateDevice("Hall phone", "1001", owner_id=alice.user.id)
-    )
-    return Home(account, hall, alice.user.id, bob.user.id)
 
 
 def cmd(stanza_id: str, sender: str, attrs: str, kind: str = "set") -> str:
@@ -241,13 +218,15 @@ def test_send_management_builds_the_devicesharing_message(comp: PresenceComponen
         "id": "Sw6H2doFYEyTcbgg6xLmWn-bNZFWOk3V", "action": "update", "status": "accept",
         "device_id": "0123456789abcdef0123456789abcdef", "mode": "qrcode", "type": "received",
     }
-    comp.send_management(OutboxRow(7, "message", "bob@example.test", {"devicesharing": attrs}))
+    payload = {"devicesharing": attrs, "peer": "alice@example.test", "device": "Door bell"}
+    comp.send_management(OutboxRow(7, "message", "bob@example.test", payload))
     assert len(wire.sent) == 1
     check(wire.sent[0], (
         f"<message type='management' id='ph-7' from='{COMPONENT}' to='bob@example.test'>"
         f"<devicesharing xmlns='{NS_CONF}' id='Sw6H2doFYEyTcbgg6xLmWn-bNZFWOk3V' action='update'"
         " status='accept' device_id='0123456789abcdef0123456789abcdef' mode='qrcode' type='received'/>"
-        "</message>"
+        "<body>You now see the presence of &quot;Door bell&quot;.</body>"
+        "<store xmlns='urn:xmpp:hints'/></message>"
     ))
 
 
@@ -258,14 +237,20 @@ async def test_the_outbox_rows_of_a_share_become_those_messages(
     batch = await outbox.next_batch(db.reader, 0, 100)
     for row in batch:
         comp.send_management(row)
+    uri = f"xmpp:{COMPONENT}?command;node=urn:xmpp:presence-consent:cmd:shares:{code}"
     expected = [
-        (batch[0].id, "alice@example.test", "sent"),
-        (batch[1].id, "bob@example.test", "received"),
+        (batch[0].id, "alice@example.test", "sent",
+         'You invited bob@example.test to see "Hall phone". To cancel, run the command'
+         f' "Device shares" of {COMPONENT}.'),
+        (batch[1].id, "bob@example.test", "received",
+         'alice@example.test invites you to see the presence of "Hall phone". To accept or deny,'
+         f' run the command "Device shares" of {COMPONENT}: {uri}'),
     ]
     assert len(wire.sent) == len(expected)
-    for stanza, (row_id, to, side) in zip(wire.sent, expected, strict=True):
+    for stanza, (row_id, to, side, body) in zip(wire.sent, expected, strict=True):
         check(stanza, (
             f"<message type='management' id='ph-{row_id}' from='{COMPONENT}' to='{to}'>"
             f"<devicesharing xmlns='{NS_CONF}' id='{code}' action='create' status='pending'"
-            f" device_id='{home.hall.id}' mode='app' type='{side}'/></message>"
+            f" device_id='{home.hall.id}' mode='app' type='{side}'/>"
+            f"<body>{xml_text(body)}</body><store xmlns='urn:xmpp:hints'/></message>"
         ))

@@ -15,6 +15,7 @@ from component.delivery import OutboxDispatcher
 from component.model import Account
 from component.provisioning import Provisioning
 from component.xmpp import PresenceComponent
+from component.xmpp.session import SERVICE_STATUS
 from storage import Database, outbox
 from stanza_rig import COMPONENT, Wire, error_xml, iq, same_xml
 
@@ -30,11 +31,7 @@ async def account(provisioning: Provisioning) -> Account:
 
 
 async def deliver(wire: Wire, xml: str) -> None:
-    """Feed one stanza and wait until every handler it started has finished."""
-    before = asyncio.all_tasks()
-    wire.feed(xml)
-    started = asyncio.all_tasks() - before
-    await asyncio.wait_for(asyncio.gather(*started), 5)
+    await wire.deliver(xml)
 
 
 def presence(kind: str | None, sender: str = ALICE, to: str = EXT) -> str:
@@ -217,8 +214,6 @@ async def test_a_probe_from_a_non_subscriber_gets_unsubscribed(wire: Wire, db: D
 @pytest.mark.parametrize(
     "xml",
     [
-        presence("subscribe", to=COMPONENT),
-        presence("probe", "alice@example.test", COMPONENT),
         presence(None),
         presence(None, to=COMPONENT),
         presence("unavailable"),
@@ -245,8 +240,12 @@ async def test_slixmpp_s_roster_keeps_nothing_and_answers_nothing(
     after = {node: list(comp.roster[node].keys()) for node in comp.roster.keys()}
     assert after == before
     assert EXT not in comp.roster.keys()
-    # Only our own answer to alice's probe; nothing from slixmpp for bob's.
-    assert_sent(wire.sent, [state_xml(None, "alice@example.test", "terminated", None)])
+    # Only our own answers: the state to alice's probe, the service's availability to
+    # bob's probe of the service's JID; nothing from slixmpp.
+    assert_sent(wire.sent, [
+        state_xml(None, "alice@example.test", "terminated", None),
+        f"<presence from='{COMPONENT}' to='bob@example.test'><status>{SERVICE_STATUS}</status></presence>",
+    ])
 
 
 # ---- the admins' presencestate IQ -----------------------------------------------------------

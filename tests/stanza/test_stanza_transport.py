@@ -4,17 +4,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 
 import pytest
 from slixmpp.xmlstream import ET
 
+from component.actions import Identity, PresenceSharing
+from component.config import ComponentConfig
 from component.delivery import OutboxDispatcher, RosterFailed, RosterRefused, TransportGone
+from component.device_sharing import DeviceSharing
 from component.rosters import RosterItem
+from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
 from storage import Database, outbox
 from storage.outbox import OutboxRow
-from stanza_rig import COMPONENT, Wire, iq, same_xml
+from stanza_rig import COMPONENT, Wire, iq, same_xml, xml_text
 
 NS = "jabber:iq:configuration"
 
@@ -46,23 +51,69 @@ async def test_disco_info_names_the_service(wire: Wire) -> None:
         f"<feature var='{NS}'/>"
         "<feature var='http://jabber.org/protocol/rsm'/>"
         "<feature var='urn:xmpp:presence-consent:0'/>"
-        "<feature var='urn:xmpp:presence-consent:share:0'/></query></iq>",
+        "<feature var='urn:xmpp:presence-consent:share:0'/>"
+        "<feature var='http://jabber.org/protocol/commands'/></query></iq>",
     ), str(reply)
 
 
-def test_send_management_builds_the_seed_message(comp: PresenceComponent, wire: Wire) -> None:
-    row = OutboxRow(
-        42, "message", "bob@example.test",
-        {"handshake": {"id": "0123456789abcdef01234567", "action": "update", "type": "received", "status": "accepted"}},
-    )
-    comp.send_management(row)
+HANDSHAKE_ROW = OutboxRow(
+    42, "message", "bob@example.test",
+    {"handshake": {"id": "0123456789abcdef01234567", "action": "update", "type": "received", "status": "accepted"},
+     "peer": "alice@example.test"},
+)
+
+
+def test_send_management_builds_the_seed_message_with_a_readable_body(comp: PresenceComponent, wire: Wire) -> None:
+    comp.send_management(HANDSHAKE_ROW)
     assert len(wire.sent) == 1
+    assert same_xml(
+        wire.sent[0],
+        f"<message type='management' id='ph-42' from='{COMPONENT}' to='bob@example.test'>"
+        f"<presencehandshake xmlns='{NS}' id='0123456789abcdef01234567' action='update'"
+        " type='received' status='accepted'/>"
+        "<body>You now share your presence with alice@example.test. To stop, run the command"
+        f" &quot;Presence requests&quot; of {COMPONENT}.</body><store xmlns='urn:xmpp:hints'/></message>",
+    ), str(wire.sent[0])
+
+
+@pytest.fixture
+def configured(
+    config: ComponentConfig, identity: Identity, sharing: PresenceSharing, states: PresenceStates,
+    device_sharing: DeviceSharing,
+):  # noqa: ANN201 - a factory
+    """A component (on its own wire) whose [component] config differs from `config`."""
+
+    def make(**changes: object) -> tuple[PresenceComponent, Wire]:
+        comp = PresenceComponent(replace(config, **changes), identity, sharing, states, device_sharing)
+        return comp, Wire(comp)
+
+    return make
+
+
+async def test_without_readable_notifications_the_message_is_the_seeds_alone(configured) -> None:  # noqa: ANN001
+    quiet, wire = configured(readable_notifications=False)
+    quiet.send_management(HANDSHAKE_ROW)
     assert same_xml(
         wire.sent[0],
         f"<message type='management' id='ph-42' from='{COMPONENT}' to='bob@example.test'>"
         f"<presencehandshake xmlns='{NS}' id='0123456789abcdef01234567' action='update'"
         " type='received' status='accepted'/></message>",
     ), str(wire.sent[0])
+
+
+async def test_management_messages_may_be_sent_as_normal_ones(configured) -> None:  # noqa: ANN001
+    normal, wire = configured(management_type="normal")
+    normal.send_management(HANDSHAKE_ROW)
+    assert wire.sent[0].xml.get("type") == "normal"
+    assert wire.sent[0].xml.find(f"{{{NS}}}presencehandshake").attrib == HANDSHAKE_ROW.payload["handshake"]
+
+
+def test_a_row_queued_before_peer_names_existed_still_reads(comp: PresenceComponent, wire: Wire) -> None:
+    payload = {k: v for k, v in HANDSHAKE_ROW.payload.items() if k != "peer"}
+    comp.send_management(OutboxRow(43, "message", "bob@example.test", payload))
+    assert wire.sent[0]["body"] == (
+        f'You now share your presence with a contact. To stop, run the command "Presence requests" of {COMPONENT}.'
+    )
 
 
 @pytest.mark.parametrize(
@@ -239,19 +290,26 @@ async def test_the_dispatcher_delivers_an_accept_through_the_component(
     ]
     wire.sent.clear()
     draining = asyncio.ensure_future(OutboxDispatcher(db, comp).drain())
+    requests = f"xmpp:{COMPONENT}?command;node=urn:xmpp:presence-consent:cmd:requests"
     expected_messages = [
-        (rows[0].id, "alice@example.test", "create", "sent", "pending"),
-        (rows[1].id, "bob@example.test", "create", "received", "pending"),
-        (rows[2].id, "alice@example.test", "update", "sent", "accepted"),
-        (rows[3].id, "bob@example.test", "update", "received", "accepted"),
+        (rows[0].id, "alice@example.test", "create", "sent", "pending",
+         "You asked bob@example.test to share their presence with you; you will be told when they answer."),
+        (rows[1].id, "bob@example.test", "create", "received", "pending",
+         "alice@example.test asks to see your presence. To accept or decline, run the command"
+         f' "Presence requests" of {COMPONENT}: {requests}'),
+        (rows[2].id, "alice@example.test", "update", "sent", "accepted",
+         "bob@example.test accepted: you now see their presence."),
+        (rows[3].id, "bob@example.test", "update", "received", "accepted",
+         "You now share your presence with alice@example.test. To stop, run the command"
+         f' "Presence requests" of {COMPONENT}.'),
     ]
-    for index, (row_id, to, action, side, status) in enumerate(expected_messages):
+    for index, (row_id, to, action, side, status, body) in enumerate(expected_messages):
         sent = await wire.nth(index)
         assert same_xml(
             sent,
             f"<message type='management' id='ph-{row_id}' from='{COMPONENT}' to='{to}'>"
             f"<presencehandshake xmlns='{NS}' id='{request_id}' action='{action}' type='{side}'"
-            f" status='{status}'/></message>",
+            f" status='{status}'/><body>{xml_text(body)}</body><store xmlns='urn:xmpp:hints'/></message>",
         ), str(sent)
     # Each roster change reads the owner's roster first (the item is the user's).
     gets = [await wire.nth(4), await wire.nth(5)]
@@ -292,3 +350,17 @@ async def test_privilege_advertisements_are_only_taken_from_the_server(
     comp.on_privileges(forged)
     assert not comp.roster_allowed("bob@example.test")
     assert comp.grants.roster == {}
+
+
+def test_an_unreachable_server_is_logged_at_each_attempt(
+    comp: PresenceComponent, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="component.xmpp"):
+        comp.event("connection_failed", ConnectionRefusedError(111, "Connect call failed"))
+        comp.event("connection_failed", ConnectionRefusedError(111, "Connect call failed"))
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("component.xmpp")]
+    assert lines == [
+        f"xmpp: cannot reach the server at 127.0.0.1:5347 ([Errno 111] Connect call failed); attempt {n},"
+        " retrying within 3600 s"
+        for n in (1, 2)
+    ]

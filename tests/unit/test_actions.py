@@ -41,11 +41,14 @@ from unit_rig import SERVED, TOKEN_TTL_S, CommitCounter, FakeVerifier, clear_out
 START = FixedClock().now_ms()
 
 
-def message(recipient: str, request_id: str, action: str, side: str, status: str) -> tuple[str, str, dict[str, Any]]:
+def message(
+    recipient: str, request_id: str, action: str, side: str, status: str, peer: str
+) -> tuple[str, str, dict[str, Any]]:
+    """A management message's row: the Rainbow child's attributes, and the other party."""
     return (
         "message",
         recipient,
-        {"handshake": {"id": request_id, "action": action, "type": side, "status": status}},
+        {"handshake": {"id": request_id, "action": action, "type": side, "status": status}, "peer": peer},
     )
 
 
@@ -86,8 +89,8 @@ async def test_create_by_jid_stores_a_pending_request_and_tells_both_parties(
     )
     assert await request_rows(db) == [(request.id, alice.id, bob_id, "pending", START, None)]
     assert await outbox_rows(db) == [
-        message("alice@example.test", request.id, "create", "sent", "pending"),
-        message("bob@example.test", request.id, "create", "received", "pending"),
+        message("alice@example.test", request.id, "create", "sent", "pending", "bob@example.test"),
+        message("bob@example.test", request.id, "create", "received", "pending", "alice@example.test"),
     ]
     assert commits.count == 1
 
@@ -279,8 +282,8 @@ async def test_accept_marks_the_request_and_grants_roster_subscriptions(
     )
     assert await request_rows(db) == [(request.id, alice.id, bob.id, "accepted", START, START + 5_000)]
     assert await outbox_rows(db) == [
-        message("alice@example.test", request.id, "update", "sent", "accepted"),
-        message("bob@example.test", request.id, "update", "received", "accepted"),
+        message("alice@example.test", request.id, "update", "sent", "accepted", "bob@example.test"),
+        message("bob@example.test", request.id, "update", "received", "accepted", "alice@example.test"),
         roster("alice@example.test", "bob@example.test", "to"),
         roster("bob@example.test", "alice@example.test", "from"),
     ]
@@ -298,8 +301,8 @@ async def test_accept_adds_only_its_direction_when_the_reverse_is_accepted(
     await clear_outbox(db)
     await move(sharing, bob, request, Transition.ACCEPT)
     assert await outbox_rows(db) == [
-        message("alice@example.test", request.id, "update", "sent", "accepted"),
-        message("bob@example.test", request.id, "update", "received", "accepted"),
+        message("alice@example.test", request.id, "update", "sent", "accepted", "bob@example.test"),
+        message("bob@example.test", request.id, "update", "received", "accepted", "alice@example.test"),
         roster("alice@example.test", "bob@example.test", "to"),
         roster("bob@example.test", "alice@example.test", "from"),
     ]
@@ -315,8 +318,8 @@ async def test_decline_deletes_the_request_and_tells_both_parties(
     assert (done.status, done.declination_date) == (RequestStatus.DECLINED, START + 7)
     assert await request_rows(db) == []
     assert await outbox_rows(db) == [
-        message("alice@example.test", request.id, "delete", "sent", "declined"),
-        message("bob@example.test", request.id, "delete", "received", "declined"),
+        message("alice@example.test", request.id, "delete", "sent", "declined", "bob@example.test"),
+        message("bob@example.test", request.id, "delete", "received", "declined", "alice@example.test"),
     ]
 
 
@@ -330,8 +333,8 @@ async def test_cancel_deletes_the_request_and_tells_both_parties(
     assert (done.status, done.cancellation_date) == (RequestStatus.CANCELED, START + 9)
     assert await request_rows(db) == []
     assert await outbox_rows(db) == [
-        message("alice@example.test", request.id, "delete", "sent", "canceled"),
-        message("bob@example.test", request.id, "delete", "received", "canceled"),
+        message("alice@example.test", request.id, "delete", "sent", "canceled", "bob@example.test"),
+        message("bob@example.test", request.id, "delete", "received", "canceled", "alice@example.test"),
     ]
 
 
@@ -345,8 +348,8 @@ async def test_interrupt_deletes_the_request_and_removes_its_direction(
     assert (done.status, done.acceptation_date) == (RequestStatus.INTERRUPTED, START)
     assert await request_rows(db) == []
     assert await outbox_rows(db) == [
-        message("alice@example.test", request.id, "delete", "sent", "interrupted"),
-        message("bob@example.test", request.id, "delete", "received", "interrupted"),
+        message("alice@example.test", request.id, "delete", "sent", "interrupted", "bob@example.test"),
+        message("bob@example.test", request.id, "delete", "received", "interrupted", "alice@example.test"),
         roster("alice@example.test", "bob@example.test", "to", "remove"),
         roster("bob@example.test", "alice@example.test", "from", "remove"),
     ]
@@ -362,8 +365,8 @@ async def test_interrupt_keeps_the_reverse_direction(
     await clear_outbox(db)
     await move(sharing, bob, request, Transition.INTERRUPT)
     assert await outbox_rows(db) == [
-        message("alice@example.test", request.id, "delete", "sent", "interrupted"),
-        message("bob@example.test", request.id, "delete", "received", "interrupted"),
+        message("alice@example.test", request.id, "delete", "sent", "interrupted", "bob@example.test"),
+        message("bob@example.test", request.id, "delete", "received", "interrupted", "alice@example.test"),
         # alice no longer sees bob; only that direction goes, bob still sees alice.
         roster("alice@example.test", "bob@example.test", "to", "remove"),
         roster("bob@example.test", "alice@example.test", "from", "remove"),

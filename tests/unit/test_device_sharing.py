@@ -115,8 +115,13 @@ async def subscription_rows(db: Database) -> list[tuple[Any, ...]]:
 
 
 def msg(
-    to: str, s: DeviceShare, action: str, status: str, side: str
+    to: str, s: DeviceShare, action: str, status: str, side: str,
+    peer: str | None = None, device: str | None = "Hall phone",
 ) -> tuple[str, str, dict[str, Any]]:
+    """A management message's row: the Xlink child's attributes, the other party (for the
+    manager, by default the share's e-mail address) and the device's name."""
+    if peer is None and side == "sent":
+        peer = s.to_email
     return (
         "message",
         to,
@@ -128,18 +133,22 @@ def msg(
                 "device_id": s.device_id,
                 "mode": s.mode.value,
                 "type": side,
-            }
+            },
+            "peer": peer,
+            "device": device,
         },
     )
 
 
-def both(s: DeviceShare, action: str, status: str, to: User | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+def both(
+    s: DeviceShare, action: str, status: str, to: User | None = None, device: str | None = "Hall phone"
+) -> list[tuple[str, str, dict[str, Any]]]:
     """The management messages of a change: the manager's, then the invited user's."""
     receiver = to or s.to_user
     assert receiver is not None
     return [
-        msg(s.from_user.jid, s, action, status, "sent"),
-        msg(receiver.jid, s, action, status, "received"),
+        msg(s.from_user.jid, s, action, status, "sent", receiver.jid, device),
+        msg(receiver.jid, s, action, status, "received", s.from_user.jid, device),
     ]
 
 
@@ -268,7 +277,7 @@ async def test_an_email_share_to_an_unknown_address_waits_for_whoever_accepts(
     assert "POST https://presence.example.test/api/v2/share/device/accept\n" in body
     assert f'{{"invite_code": "{created.invite_code}"}}' in body
     assert f"The invitation expires at {iso_ms(START + HOUR * 1000)}." in body
-    assert f"From an XMPP client, send to {COMPONENT}:" in body
+    assert f"xmpp:{COMPONENT}?command;node=urn:xmpp:presence-consent:cmd:shares:{created.invite_code}\n" in body
     assert mail_wakes.count == 1
 
 

@@ -3,12 +3,14 @@ image, over real actions and a real database; Xlink's bodies and error envelope 
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import segno
 from aiohttp.test_utils import TestClient, TestServer
 from defusedxml import ElementTree as SafeET
 
@@ -264,6 +266,36 @@ async def test_the_qr_code_as_svg(client: TestClient, home: Home, tokens: dict[s
     root = SafeET.fromstring(svg)
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     assert root.get("width") == root.get("height")
+
+
+def qr_svg(text: str) -> bytes:
+    out = io.BytesIO()
+    segno.make(text, error="m").save(out, kind="svg", scale=8, border=4)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("content", [None, "code", "uri"])
+async def test_the_qr_code_encodes_the_code_or_the_xmpp_uri(
+    client: TestClient, home: Home, tokens: dict[str, str], content: str | None
+) -> None:
+    code = await make_share(client, tokens["alice"], device_id=home.hall.id, mode="qrcode")
+    query = f"?content={content}" if content else ""
+    async with client.get(f"{P}/qrcode/{code}.svg{query}", headers={"Access-Token": tokens["alice"]}) as resp:
+        assert resp.status == 200
+        svg = await resp.read()
+    expected = (
+        f"xmpp:presence.example.test?command;node=urn:xmpp:presence-consent:cmd:shares:{code}"
+        if content == "uri" else code
+    )
+    assert svg == qr_svg(expected)
+    assert svg != qr_svg(code if content == "uri" else f"xmpp:{code}")
+
+
+async def test_a_qr_code_of_unknown_content_is_refused(client: TestClient, home: Home, tokens: dict[str, str]) -> None:
+    code = await make_share(client, tokens["alice"], device_id=home.hall.id, mode="qrcode")
+    assert await call(client, "GET", f"{P}/qrcode/{code}.png?content=link", tokens["alice"]) == xerr(
+        4001001, "content must be code or uri"
+    )
 
 
 async def test_the_qr_code_is_the_managers_only(client: TestClient, home: Home, tokens: dict[str, str]) -> None:

@@ -116,7 +116,8 @@ async def test_the_invitation_is_delivered_then_its_row_deleted(
     assert f'{{"invite_code": "{code}"}}' in body
     assert "with your token in the Access-Token header" in body
     assert "To decline, send the same body to https://presence.example.test/api/v2/share/device/deny." in body
-    assert f'action="accept" invite_code="{code}"/></iq>' in body
+    assert f"    xmpp:presence.example.test?command;node=urn:xmpp:presence-consent:cmd:shares:{code}\n" in body
+    assert 'run the ad-hoc command "Device shares" of presence.example.test and enter the code' in body
     # Nothing left to send: a second round sends nothing.
     await dispatcher.send_due()
     assert len(inbox.envelopes) == 1
