@@ -7,6 +7,9 @@ both the component and the HTTP bridge.
 `python -m component resync --config FILE` queues, for every consent in the
 database, the roster directions it grants (and the removal of those it no longer
 grants); the running service, or the next one started, applies them.
+
+`python -m component migrate-storage --from PATH --to URL` copies a SQLite database
+into an empty PostgreSQL one (storage/transfer.py); then set `[storage] url`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import errno
 import logging
 import signal
 import sys
+
+import asyncpg
 
 from component.actions import Identity, PresenceSharing
 from component.clock import Clock
@@ -31,7 +36,7 @@ from component.rosters import Rosters
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
 from http_bridge import HttpListener, Services, build_app
-from storage import Conn, Database, SchemaTooNew, dead_letters, outbox
+from storage import Conn, SchemaTooNew, database_for, dead_letters, is_postgres_url, outbox
 from storage import mail as mail_outbox
 
 log = logging.getLogger("component")
@@ -66,7 +71,7 @@ class Service:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or Clock()
-        self.db = Database(config.storage.path)
+        self.db = database_for(config.storage.target, config.storage.pool_size)
         served = config.component.served_domains()
         verifier = XmppPasswordVerifier(
             config.auth.c2s_host,
@@ -250,7 +255,7 @@ async def resync(config: Config) -> None:
     """Queue every granted roster direction (and the removal of stale ones) in the
     database's outbox; the service delivers them (a running one within
     `outbox_poll_s`)."""
-    db = Database(config.storage.path)
+    db = database_for(config.storage.target, config.storage.pool_size)
     await db.open()
     try:
         report = await Rosters(db, Clock(), config.component.jid).resync()
@@ -258,12 +263,33 @@ async def resync(config: Config) -> None:
         await db.close()
     print(
         f"resync: queued {report.grants} roster grant(s) and {report.removals} removal(s)"
-        f" for {report.owners} user(s) in {config.storage.path}; the service applies them"
+        f" for {report.owners} user(s) in {db.path}; the service applies them"
         f" (a running one within {config.component.outbox_poll_s:g} s, else at its next start)"
     )
 
 
-COMMANDS = {"run": run, "resync": resync}
+async def migrate_storage(source: str, url: str) -> int:
+    """Copy the SQLite file `source` into the empty PostgreSQL database at `url`."""
+    from storage.postgres import redact
+    from storage.transfer import TransferRefused, copy_sqlite_to_postgres
+
+    try:
+        copied = await copy_sqlite_to_postgres(source, url)
+    except TransferRefused as exc:
+        print(f"migrate-storage: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"migrate-storage: cannot reach or write {redact(url)}: {exc}", file=sys.stderr)
+        return 1
+    total = sum(copied.values())
+    print(f"migrate-storage: copied {total} row(s) from {source} to {redact(url)}:")
+    for table, rows in copied.items():
+        print(f"  {table}: {rows}")
+    print("set [storage] url to it (and remove [storage] path) to run on PostgreSQL")
+    return 0
+
+
+COMMANDS = {"run": run, "resync": resync, "migrate-storage": migrate_storage}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,10 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "command", nargs="?", default="run", choices=sorted(COMMANDS),
         help="run: the service (default); resync: re-derive every granted roster item"
-        " from the database and queue it for the service to apply",
+        " from the database and queue it for the service to apply; migrate-storage: copy"
+        " a SQLite database (--from PATH) into an empty PostgreSQL one (--to URL)",
     )
-    parser.add_argument("--config", required=True, help="path to the TOML configuration file")
+    parser.add_argument("--config", help="path to the TOML configuration file (run, resync)")
+    parser.add_argument("--from", dest="source", metavar="PATH", help="migrate-storage: the SQLite file")
+    parser.add_argument("--to", dest="target", metavar="URL", help="migrate-storage: postgresql://...")
     args = parser.parse_args(argv)
+    if args.command == "migrate-storage":
+        if not args.source or not args.target:
+            parser.error("migrate-storage needs --from PATH and --to URL")
+        if not is_postgres_url(args.target):
+            parser.error("--to must be a postgresql:// URL")
+        setup_logging("WARNING")
+        return asyncio.run(migrate_storage(args.source, args.target))
+    if not args.config:
+        parser.error("--config is required")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -288,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(COMMANDS[args.command](config))
     except SchemaTooNew as exc:
         log.error("%s; refusing to start", exc)
+        return 1
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.error("cannot start: PostgreSQL refused: %s", exc)
         return 1
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
