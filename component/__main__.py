@@ -27,6 +27,7 @@ from component.actions import Identity, PresenceSharing
 from component.clock import Clock
 from component.config import Config, ConfigError, load_config
 from component.delivery import OutboxDispatcher
+from component.leadership import Leadership, lock_key
 from component.device_sharing import DeviceSharing, SharingSettings
 from component.login import XmppPasswordVerifier
 from component.mail import MailDispatcher
@@ -136,6 +137,16 @@ class Service:
         )
         self.xmpp.dispatcher = self.dispatcher
         self.xmpp.rosters = self.rosters
+        # PostgreSQL: several instances may share the database; the one holding the lock
+        # is the active one (component/leadership.py), the others stand by.
+        self.leadership: Leadership | None = None
+        if config.storage.shared:
+            self.leadership = Leadership(
+                config.storage.url, lock_key(config.component.jid), self._lead, self._leadership_lost,
+            )
+        self._listener = None
+        self._leading = False
+        self.lost = asyncio.Event()  # set when this instance can no longer know it leads
         self.app = build_app(
             Services(
                 self.identity,
@@ -155,11 +166,29 @@ class Service:
     def _outbox_written(self) -> None:
         self.dispatcher.wake()
 
+    def _notified(self, channel: str) -> None:
+        """A row was committed into `channel` (a table) by some instance (PostgreSQL)."""
+        if channel == "outbox":
+            self.dispatcher.wake()
+        elif channel == "mail_outbox":
+            self.mail.wake()
+
+    def _leadership_lost(self) -> None:
+        self.lost.set()
+
+    @property
+    def standby(self) -> bool:
+        """Another instance on the same database is the active one."""
+        return self.leadership is not None and not self._leading
+
     async def health(self) -> tuple[bool, dict[str, object]]:
         """GET /healthz: 200 while the XMPP session is up and storage works; the outbox's
         depth and age, the mail backlog and the dead letters say how far behind it is."""
         storage = await self.db.state()
         status = self.xmpp.status()
+        standby = self.standby
+        if standby:
+            status = {"xmpp": "standby", "roster": "unavailable"}
         body: dict[str, object] = {"xmpp": status["xmpp"], "storage": storage, "roster": status["roster"]}
         try:
             backlog = await self.db.read(delivery_backlog)
@@ -171,7 +200,7 @@ class Service:
         body["outbox_oldest_age_s"] = round(max(0, now - oldest) / 1000, 1) if oldest else 0
         body["mail_pending"] = backlog.get("mail_pending", 0)
         body["dead_letters"] = backlog.get("dead_letters", 0)
-        return storage == "ok" and status["xmpp"] == "connected", body
+        return storage == "ok" and (standby or status["xmpp"] == "connected"), body
 
     async def metrics(self) -> dict[str, object]:
         """GET /metrics: one reading of the service's figures (http_bridge/metrics.py
@@ -198,12 +227,24 @@ class Service:
 
     async def start(self) -> None:
         await self.db.open()
+        await self._http.start()
+        log.info("http bridge listening on http://%s:%d", self.config.http.host, self.config.http.port)
+        if self.leadership is None:
+            await self._lead()  # SQLite: the only instance
+        else:
+            self.leadership.start()  # _lead() once this instance holds the lock
+
+    async def _lead(self) -> None:
+        """Become the active instance: deliver, sweep, connect to the XMPP server."""
+        self._leading = True
+        if self.leadership is not None:
+            # Rows committed by any instance wake the dispatchers at once; the periodic
+            # poll (outbox_poll_s) stays as the safety net.
+            self._listener = await self.db.listen(("outbox", "mail_outbox"), self._notified)
         self.dispatcher.start()
         if self.config.smtp.host:
             self.mail.start()
         self._sweeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        await self._http.start()
-        log.info("http bridge listening on http://%s:%d", self.config.http.host, self.config.http.port)
         self.xmpp.start()
 
     async def _housekeeping(self) -> None:
@@ -229,11 +270,19 @@ class Service:
                 await self._sweeper
             except asyncio.CancelledError:
                 pass
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        if self.leadership is not None:
+            # Last: the XMPP stream is closed, so a standby taking over now does not
+            # meet this instance's stream on the server.
+            await self.leadership.stop()
+        self._leading = False
         await self.db.close()
         log.info("stopped")
 
 
-async def run(config: Config) -> None:
+async def run(config: Config) -> int:
     service = Service(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -246,12 +295,23 @@ async def run(config: Config) -> None:
         # the process logs the cause and then hangs instead of exiting.
         await service.stop()
         raise
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    lost = asyncio.ensure_future(service.lost.wait())
+    await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (stopping, lost):
+        waiter.cancel()
+    if service.lost.is_set():
+        # Fail-stop: the lock may already be another instance's; a supervisor restarts
+        # this one, which then stands by.
+        log.error("shutting down: leadership lost")
+        await service.stop()
+        return 1
     log.info("shutting down")
     await service.stop()
+    return 0
 
 
-async def resync(config: Config) -> None:
+async def resync(config: Config) -> int:
     """Queue every granted roster direction (and the removal of stale ones) in the
     database's outbox; the service delivers them (a running one within
     `outbox_poll_s`)."""
@@ -266,6 +326,7 @@ async def resync(config: Config) -> None:
         f" for {report.owners} user(s) in {db.path}; the service applies them"
         f" (a running one within {config.component.outbox_poll_s:g} s, else at its next start)"
     )
+    return 0
 
 
 async def migrate_storage(source: str, url: str) -> int:
@@ -323,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.logging.level)
     try:
-        asyncio.run(COMMANDS[args.command](config))
+        status = asyncio.run(COMMANDS[args.command](config))
     except SchemaTooNew as exc:
         log.error("%s; refusing to start", exc)
         return 1
@@ -339,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.error("cannot start: %s", exc)
         return 1
-    return 0
+    return int(status or 0)
 
 
 if __name__ == "__main__":
