@@ -20,14 +20,12 @@ import errno
 import logging
 import signal
 import sys
-
-import asyncpg
+from typing import TYPE_CHECKING
 
 from component.actions import Identity, PresenceSharing
 from component.clock import Clock
 from component.config import Config, ConfigError, load_config
 from component.delivery import OutboxDispatcher
-from component.leadership import Leadership, lock_key
 from component.device_sharing import DeviceSharing, SharingSettings
 from component.login import XmppPasswordVerifier
 from component.mail import MailDispatcher
@@ -39,6 +37,9 @@ from component.xmpp import PresenceComponent
 from http_bridge import HttpListener, Services, build_app
 from storage import Conn, SchemaTooNew, database_for, dead_letters, is_postgres_url, outbox
 from storage import mail as mail_outbox
+
+if TYPE_CHECKING:
+    from component.leadership import Leadership
 
 log = logging.getLogger("component")
 
@@ -141,6 +142,8 @@ class Service:
         # is the active one (component/leadership.py), the others stand by.
         self.leadership: Leadership | None = None
         if config.storage.shared:
+            from component.leadership import Leadership, lock_key
+
             self.leadership = Leadership(
                 config.storage.url, lock_key(config.component.jid), self._lead, self._leadership_lost,
             )
@@ -329,6 +332,12 @@ async def resync(config: Config) -> int:
     return 0
 
 
+def _postgres_errors() -> tuple[type[BaseException], ...]:
+    """asyncpg's errors, once it is loaded (a SQLite-only service never loads it)."""
+    asyncpg = sys.modules.get("asyncpg")
+    return (asyncpg.PostgresError, asyncpg.InterfaceError) if asyncpg is not None else ()
+
+
 async def migrate_storage(source: str, url: str) -> int:
     """Copy the SQLite file `source` into the empty PostgreSQL database at `url`."""
     from storage.postgres import redact
@@ -339,7 +348,7 @@ async def migrate_storage(source: str, url: str) -> int:
     except TransferRefused as exc:
         print(f"migrate-storage: {exc}", file=sys.stderr)
         return 1
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (OSError, *_postgres_errors()) as exc:
         print(f"migrate-storage: cannot reach or write {redact(url)}: {exc}", file=sys.stderr)
         return 1
     total = sum(copied.values())
@@ -388,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaTooNew as exc:
         log.error("%s; refusing to start", exc)
         return 1
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except _postgres_errors() as exc:
         log.error("cannot start: PostgreSQL refused: %s", exc)
         return 1
     except OSError as exc:

@@ -9,19 +9,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import sqlite3
-
-import asyncpg
+from typing import Any
 
 from storage.conn import BodyAwaitedOutside, Conn
 from storage.db import Database, SchemaTooNew
-
-# A constraint refused a change (unique, foreign key, check): what each engine raises.
-IntegrityError = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
 if TYPE_CHECKING:
     from storage.postgres import PostgresDatabase
 
 __all__ = ["BodyAwaitedOutside", "Conn", "Database", "IntegrityError", "SchemaTooNew", "database_for", "is_postgres_url"]
+
+
+def __getattr__(name: str) -> Any:
+    # `IntegrityError`: a constraint refused a change (unique, foreign key, check), as
+    # either engine raises it. Built on first use: a SQLite-only service never loads
+    # asyncpg (a few MB of memory).
+    if name == "IntegrityError":
+        import asyncpg
+
+        return (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
+    raise AttributeError(name)
 
 
 def is_postgres_url(target: str) -> bool:

@@ -4,15 +4,20 @@ Bodies and repository functions are the same as on SQLite (they take a connectio
 with `execute`, `executemany`, cursors with `fetchone`/`fetchall`/`rowcount`);
 each statement is translated once by storage.dialect. What differs, and why:
 
-- A write body runs in one SERIALIZABLE transaction on a pooled connection: the
-  actions were written against SQLite's single writer (every transaction sees the
-  ones before it whole), and serializable is the isolation that keeps that promise
-  with several writers (and several instances). A transaction PostgreSQL aborts to
-  keep it (a serialization failure, a deadlock) is run again, up to `WRITE_ATTEMPTS`
-  times; a body only touches its connection, so running it again is safe. The
-  accept-vs-cancel race stays one-winner: both are conditional on the row's status.
-- No group commit: PostgreSQL's own commits of concurrent connections share WAL
-  flushes; each body is its own transaction (answered once durable).
+- A write body runs in one SERIALIZABLE transaction: the actions were written against
+  SQLite's single writer (every transaction sees the ones before it whole), and
+  serializable is the isolation that keeps that promise with several writers (several
+  instances). A transaction PostgreSQL aborts to keep it (a serialization failure, a
+  deadlock) is run again, up to `WRITE_ATTEMPTS` times; a body only touches its
+  connection, so running it again is safe. The accept-vs-cancel race stays one-winner.
+- Within one instance, write transactions run one at a time (as on SQLite), reads in
+  parallel on the pool. Measured with 32 concurrent create+accept callers on a fresh
+  database (2 vCPUs): one writer, 736 actions/s and no retry; ten concurrent
+  serializable writers, 233-332 actions/s with about 2.5 retries per action
+  (serializable's predicate locks on small tables' index pages make most pairs of
+  concurrent transactions conflict). Several instances still write concurrently, and
+  serializable keeps them correct. No group commit: each body is its own transaction,
+  answered once it is durable.
 - A read body runs in one REPEATABLE READ, READ ONLY transaction: one snapshot.
 - Wake-ups across instances: committing a row into `outbox` or `mail_outbox`
   notifies the channel of the same name (triggers of migration 6, so the NOTIFY is
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WRITE_ATTEMPTS = 20
+
 # Serialises schema upgrades of instances starting together (any constant of our own).
 MIGRATION_LOCK = 0x70726573  # "pres"
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
@@ -144,6 +150,9 @@ class PostgresDatabase:
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self.failure: str | None = None  # why the last write failed as a whole (for /healthz)
+        self.retried = 0  # write transactions run again after PostgreSQL aborted them
+        # One write transaction at a time per instance, as on SQLite (see the module's doc).
+        self._one_writer = asyncio.Lock()
 
     @property
     def path(self) -> str:
@@ -184,7 +193,7 @@ class PostgresDatabase:
         """Run `body` as one serializable transaction; returns once it is committed."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                async with self.pool.acquire() as raw:
+                async with self._one_writer, self.pool.acquire() as raw:
                     async with raw.transaction(isolation="serializable"):
                         result = await body(PgConn(raw))
                 self.failure = None
@@ -192,6 +201,7 @@ class PostgresDatabase:
             except _RETRYABLE:
                 if attempt == WRITE_ATTEMPTS:
                     raise
+                self.retried += 1
                 # Back off a little, more with each attempt, so that contenders spread.
                 await asyncio.sleep(0.001 * attempt)
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
