@@ -90,7 +90,14 @@ class Leadership:
             await asyncio.sleep(self.poll_s)
         self.leader = True
         log.info("leadership: this instance is now the active one")
-        await self.on_elected()
+        try:
+            await self.on_elected()
+        except Exception:
+            # Holding the lock without doing the work would stall every instance: stop.
+            log.exception("leadership: could not start as the active instance; stopping")
+            self.leader = False
+            self.on_lost()
+            return
         # Hold: the lock lives as long as this connection. Check it is still there.
         while True:
             await asyncio.sleep(self.poll_s)

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from storage import dialect
+from storage.db import SchemaTooNew
 from storage.migrations import UPGRADES
 
 log = logging.getLogger(__name__)
@@ -165,11 +166,9 @@ class PostgresDatabase:
         return self._pool
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(
-            self.url, min_size=1, max_size=self.pool_size,
-            # No server-side statement cache across transactions we may retry: asyncpg's
-            # own cache of prepared statements per connection is kept (the default).
-        )
+        # asyncpg prepares each statement once per connection and caches it: a
+        # repository's statement costs one round trip after its first use.
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
         try:
             await self._migrate()
         except BaseException:
@@ -242,8 +241,6 @@ class PostgresDatabase:
         return listener
 
     async def _migrate(self) -> None:
-        from storage.db import SchemaTooNew
-
         async with self.pool.acquire() as raw:
             async with raw.transaction():
                 # Instances starting together: one upgrades, the others wait and see it done.
