@@ -168,7 +168,13 @@ class PostgresDatabase:
     async def open(self) -> None:
         # asyncpg prepares each statement once per connection and caches it: a
         # repository's statement costs one round trip after its first use.
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
+        # No reset query when a connection goes back to the pool (asyncpg's default runs
+        # `RESET ALL; UNLISTEN *; ...`, one more round trip each time): the service never
+        # changes a pooled connection's session (LISTEN and the leadership lock have
+        # connections of their own), and asyncpg still rolls back an open transaction.
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=1, max_size=self.pool_size, reset=_keep_session,
+        )
         try:
             await self._migrate()
         except BaseException:
@@ -261,6 +267,10 @@ class PostgresDatabase:
                     await UPGRADES[version - 1](PgConn(raw))
                     await raw.execute("DELETE FROM schema_version")
                     await raw.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
 
 
 async def _schema_version(raw: asyncpg.Connection) -> int:
