@@ -41,7 +41,9 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import stack  # noqa: E402
+from local_postgres import LocalPostgres  # noqa: E402
 from stack import (  # noqa: E402
     BASELINE_JID,
     DOMAIN,
@@ -400,19 +402,30 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], li
     prosody.start()
     say(f"prosody up (c2s {prosody.c2s_port}, component {prosody.component_port}); "
         f"{len(names)} accounts written in {time.monotonic() - started:.1f}s")
+    # -- a private PostgreSQL cluster (fsync on, as a deployment's): figure 1b
+    postgres = LocalPostgres(workdir / "postgres")
     try:
+        await asyncio.to_thread(postgres.start)
+        pg_url = postgres.create_database("presence")
+        say(f"postgresql up (127.0.0.1:{postgres.port})")
         return await _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir, prosody,
-                                         connected, rest_only)
+                                         connected, rest_only, pg_url)
     finally:
+        postgres.stop()
         prosody.stop()
 
 
 async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir, prosody,
-                              connected, rest_only) -> tuple[list[Row], list[str]]:
+                              connected, rest_only, pg_url) -> tuple[list[Row], list[str]]:
     rows: list[Row] = []
     # -- the service (empty database), its idle memory first
     service = ServiceProcess(workdir, "service", workdir / "service.sqlite3", prosody)
     service.start()
+    # The same service on PostgreSQL (one instance), for figure 1b.
+    pg_service = ServiceProcess(workdir, "service-pg", workdir / "unused.sqlite3", prosody,
+                                component_jid="pg.example.test", storage_url=pg_url)
+    pg_service.start()
+    await pg_service.wait_healthy()
     await service.wait_healthy()
     await asyncio.sleep(2)
     idle_mem = service.memory()
@@ -470,11 +483,43 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
                     base_rps.append(res.requests / res.elapsed)
             say(f"fig1 round {rep + 1}/{reps}: service {svc_rps[-1]:.0f} req/s, bare aiohttp {base_rps[-1]:.0f} req/s")
         s, b = med(svc_rps), med(base_rps)
+        sqlite_cycles = s
         rows.append(Row(f"REST create+accept, {WORKERS} clients", f"{s:.0f} req/s ({s / 2:.0f} pairs/s)",
                         f"{b:.0f} req/s bare aiohttp", f"{s / b:.2f}", ">= 0.50", s / b >= 0.5,
                         f"service req/s {fmt_list(svc_rps)}, baseline {fmt_list(base_rps)}; "
                         f"{fig1_cpu.per(reps * 2 * size['rest_pairs'], 'request, delivery included')}; "
                         f"baseline {fig1_base_cpu.per(reps * 2 * size['rest_pairs'], 'request')}"))
+
+        # ---- figure 1b: the same sustained create+accept cycles, the service on PostgreSQL
+        # (one instance, pool of 10) beside the same service on SQLite, alternating first
+        # place; the outbox is delivered within each round, as in figure 1.
+        pg_sessions = await login_all(http, pg_service.base_url, rest_only)
+        await create_accept(http, pg_service.base_url, pg_sessions, warm)  # its own database: same pairs
+        await wait_outbox_empty(pg_service.db_path)
+        pg_rps, sq_rps = [], []
+        # PostgreSQL's own backends are not counted (separate processes of its server).
+        fig1b_cpu = CpuMeter({"service": pg_service.pid, "prosody": prosody.pid})
+        for rep in range(reps):
+            pairs = rest_pool.take(size["rest_pairs"])  # new for SQLite; the PostgreSQL db never saw them
+            order = ("postgresql", "sqlite") if rep % 2 == 0 else ("sqlite", "postgresql")
+            for who in order:
+                target, who_sessions = (pg_service, pg_sessions) if who == "postgresql" else (service, sessions)
+                if who == "postgresql":
+                    fig1b_cpu.start()
+                res = await create_accept(http, target.base_url, who_sessions, pairs)
+                await wait_outbox_empty(target.db_path, timeout=900)
+                if who == "postgresql":
+                    fig1b_cpu.stop()
+                    pg_rps.append(res.requests / res.elapsed)
+                else:
+                    sq_rps.append(res.requests / res.elapsed)
+            say(f"fig1b round {rep + 1}/{reps}: PostgreSQL {pg_rps[-1]:.0f} req/s, SQLite {sq_rps[-1]:.0f} req/s")
+        p, q = med(pg_rps), med(sq_rps)
+        rows.append(Row(f"REST create+accept on PostgreSQL, {WORKERS} clients", f"{p:.0f} req/s ({p / 2:.0f} pairs/s)",
+                        f"{q:.0f} req/s on SQLite", f"{p / q:.2f}", "-", None,
+                        f"PostgreSQL (1 instance, serializable, fsync on) {fmt_list(pg_rps)}, SQLite {fmt_list(sq_rps)} "
+                        f"(figure 1's SQLite median {sqlite_cycles:.0f}); "
+                        f"{fig1b_cpu.per(reps * 2 * size['rest_pairs'], 'request, delivery included')}"))
 
         # ---- figure 2: management messages during a handshake storm vs plain component messages
         svc_mps, base_mps, storm_rest = [], [], []
@@ -574,6 +619,7 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
 
     # ---- phase B: stored requests. Stop phase A's processes first (CPU for the rest).
     service.stop()
+    pg_service.stop()
     clients.quit()
     bcomp.quit()
     outbox_jids = [f"{n}@{DOMAIN}" for n in rest_only]

@@ -41,7 +41,8 @@ DOMAIN = "example.test"
 SERVICE_JID = "presence.example.test"
 BASELINE_JID = "baseline.example.test"
 SECRET = "bench-component-secret"
-EXTRA_COMPONENTS = (BASELINE_JID, "store-small.example.test", "store-large.example.test")
+# pg.example.test: the service on PostgreSQL, measured beside the SQLite one (figure 1b).
+EXTRA_COMPONENTS = (BASELINE_JID, "store-small.example.test", "store-large.example.test", "pg.example.test")
 
 PROCS: list[subprocess.Popen] = []
 
@@ -196,11 +197,13 @@ class ServiceProcess:
 
     def __init__(self, workdir: Path, name: str, db_path: Path, server: LocalProsody,
                  component_jid: str = SERVICE_JID, admin_token: str = "bench-admin",
-                 auth: dict[str, Any] | None = None) -> None:
-        """`auth` adds [auth] keys (numbers, booleans, strings) to the service's config."""
+                 auth: dict[str, Any] | None = None, storage_url: str | None = None) -> None:
+        """`auth` adds [auth] keys (numbers, booleans, strings) to the service's config;
+        `storage_url` (postgresql://) stores in PostgreSQL instead of the file `db_path`."""
         self.workdir = workdir
         self.name = name
-        self.db_path = db_path
+        # Where wait_outbox_empty() looks: the SQLite file, or the PostgreSQL URL.
+        self.db_path: Path | str = storage_url or db_path
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.config_path = workdir / f"{name}.toml"
@@ -215,8 +218,8 @@ class ServiceProcess:
             'host = "127.0.0.1"\n'
             f"port = {self.port}\n"
             "[storage]\n"
-            f'path = "{db_path}"\n'
-            "[auth]\n"
+            + (f'url = "{storage_url}"\n' if storage_url else f'path = "{db_path}"\n')
+            + "[auth]\n"
             f'admin_token = "{admin_token}"\n'
             'c2s_host = "127.0.0.1"\n'
             f"c2s_port = {server.c2s_port}\n"
@@ -273,8 +276,10 @@ def outbox_count(db_path: Path) -> int:
         conn.close()
 
 
-async def wait_outbox_empty(db_path: Path, timeout: float = 300, poll: float = 0.02) -> float:
+async def wait_outbox_empty(db_path: Path | str, timeout: float = 300, poll: float = 0.02) -> float:
     """Poll the service's database until its outbox is empty; returns time.monotonic() then."""
+    if isinstance(db_path, str) and db_path.startswith("postgresql://"):
+        return await _wait_outbox_empty_pg(db_path, timeout, poll)
     deadline = time.monotonic() + timeout
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
     try:
@@ -286,6 +291,22 @@ async def wait_outbox_empty(db_path: Path, timeout: float = 300, poll: float = 0
             await asyncio.sleep(poll)
     finally:
         conn.close()
+
+
+async def _wait_outbox_empty_pg(url: str, timeout: float, poll: float) -> float:
+    import asyncpg
+
+    deadline = time.monotonic() + timeout
+    conn = await asyncpg.connect(url)
+    try:
+        while True:
+            if await conn.fetchval("SELECT count(*) FROM outbox") == 0:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"outbox of the PostgreSQL database not empty after {timeout}s")
+            await asyncio.sleep(poll)
+    finally:
+        await conn.close()
 
 
 # ---- helper processes with a JSON-lines protocol -----------------------------------

@@ -7,6 +7,9 @@ both the component and the HTTP bridge.
 `python -m component resync --config FILE` queues, for every consent in the
 database, the roster directions it grants (and the removal of those it no longer
 grants); the running service, or the next one started, applies them.
+
+`python -m component migrate-storage --from PATH --to URL` copies a SQLite database
+into an empty PostgreSQL one (storage/transfer.py); then set `[storage] url`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import errno
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from component.actions import Identity, PresenceSharing
 from component.clock import Clock
@@ -31,8 +35,11 @@ from component.rosters import Rosters
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
 from http_bridge import HttpListener, Services, build_app
-from storage import Conn, Database, SchemaTooNew, dead_letters, outbox
+from storage import Conn, SchemaTooNew, database_for, dead_letters, is_postgres_url, outbox
 from storage import mail as mail_outbox
+
+if TYPE_CHECKING:
+    from component.leadership import Leadership
 
 log = logging.getLogger("component")
 
@@ -66,7 +73,7 @@ class Service:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or Clock()
-        self.db = Database(config.storage.path)
+        self.db = database_for(config.storage.target, config.storage.pool_size)
         served = config.component.served_domains()
         verifier = XmppPasswordVerifier(
             config.auth.c2s_host,
@@ -131,6 +138,18 @@ class Service:
         )
         self.xmpp.dispatcher = self.dispatcher
         self.xmpp.rosters = self.rosters
+        # PostgreSQL: several instances may share the database; the one holding the lock
+        # is the active one (component/leadership.py), the others stand by.
+        self.leadership: Leadership | None = None
+        if config.storage.shared:
+            from component.leadership import Leadership, lock_key
+
+            self.leadership = Leadership(
+                config.storage.url, lock_key(config.component.jid), self._lead, self._leadership_lost,
+            )
+        self._listener = None
+        self._leading = False
+        self.lost = asyncio.Event()  # set when this instance can no longer know it leads
         self.app = build_app(
             Services(
                 self.identity,
@@ -150,11 +169,29 @@ class Service:
     def _outbox_written(self) -> None:
         self.dispatcher.wake()
 
+    def _notified(self, channel: str) -> None:
+        """A row was committed into `channel` (a table) by some instance (PostgreSQL)."""
+        if channel == "outbox":
+            self.dispatcher.wake()
+        elif channel == "mail_outbox":
+            self.mail.wake()
+
+    def _leadership_lost(self) -> None:
+        self.lost.set()
+
+    @property
+    def standby(self) -> bool:
+        """Another instance on the same database is the active one."""
+        return self.leadership is not None and not self._leading
+
     async def health(self) -> tuple[bool, dict[str, object]]:
         """GET /healthz: 200 while the XMPP session is up and storage works; the outbox's
         depth and age, the mail backlog and the dead letters say how far behind it is."""
         storage = await self.db.state()
         status = self.xmpp.status()
+        standby = self.standby
+        if standby:
+            status = {"xmpp": "standby", "roster": "unavailable"}
         body: dict[str, object] = {"xmpp": status["xmpp"], "storage": storage, "roster": status["roster"]}
         try:
             backlog = await self.db.read(delivery_backlog)
@@ -166,7 +203,7 @@ class Service:
         body["outbox_oldest_age_s"] = round(max(0, now - oldest) / 1000, 1) if oldest else 0
         body["mail_pending"] = backlog.get("mail_pending", 0)
         body["dead_letters"] = backlog.get("dead_letters", 0)
-        return storage == "ok" and status["xmpp"] == "connected", body
+        return storage == "ok" and (standby or status["xmpp"] == "connected"), body
 
     async def metrics(self) -> dict[str, object]:
         """GET /metrics: one reading of the service's figures (http_bridge/metrics.py
@@ -193,12 +230,24 @@ class Service:
 
     async def start(self) -> None:
         await self.db.open()
+        await self._http.start()
+        log.info("http bridge listening on http://%s:%d", self.config.http.host, self.config.http.port)
+        if self.leadership is None:
+            await self._lead()  # SQLite: the only instance
+        else:
+            self.leadership.start()  # _lead() once this instance holds the lock
+
+    async def _lead(self) -> None:
+        """Become the active instance: deliver, sweep, connect to the XMPP server."""
+        self._leading = True
+        if self.leadership is not None:
+            # Rows committed by any instance wake the dispatchers at once; the periodic
+            # poll (outbox_poll_s) stays as the safety net.
+            self._listener = await self.db.listen(("outbox", "mail_outbox"), self._notified)
         self.dispatcher.start()
         if self.config.smtp.host:
             self.mail.start()
         self._sweeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        await self._http.start()
-        log.info("http bridge listening on http://%s:%d", self.config.http.host, self.config.http.port)
         self.xmpp.start()
 
     async def _housekeeping(self) -> None:
@@ -224,11 +273,19 @@ class Service:
                 await self._sweeper
             except asyncio.CancelledError:
                 pass
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        if self.leadership is not None:
+            # Last: the XMPP stream is closed, so a standby taking over now does not
+            # meet this instance's stream on the server.
+            await self.leadership.stop()
+        self._leading = False
         await self.db.close()
         log.info("stopped")
 
 
-async def run(config: Config) -> None:
+async def run(config: Config) -> int:
     service = Service(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -241,16 +298,27 @@ async def run(config: Config) -> None:
         # the process logs the cause and then hangs instead of exiting.
         await service.stop()
         raise
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    lost = asyncio.ensure_future(service.lost.wait())
+    await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (stopping, lost):
+        waiter.cancel()
+    if service.lost.is_set():
+        # Fail-stop: the lock may already be another instance's; a supervisor restarts
+        # this one, which then stands by.
+        log.error("shutting down: leadership lost")
+        await service.stop()
+        return 1
     log.info("shutting down")
     await service.stop()
+    return 0
 
 
-async def resync(config: Config) -> None:
+async def resync(config: Config) -> int:
     """Queue every granted roster direction (and the removal of stale ones) in the
     database's outbox; the service delivers them (a running one within
     `outbox_poll_s`)."""
-    db = Database(config.storage.path)
+    db = database_for(config.storage.target, config.storage.pool_size)
     await db.open()
     try:
         report = await Rosters(db, Clock(), config.component.jid).resync()
@@ -258,12 +326,40 @@ async def resync(config: Config) -> None:
         await db.close()
     print(
         f"resync: queued {report.grants} roster grant(s) and {report.removals} removal(s)"
-        f" for {report.owners} user(s) in {config.storage.path}; the service applies them"
+        f" for {report.owners} user(s) in {db.path}; the service applies them"
         f" (a running one within {config.component.outbox_poll_s:g} s, else at its next start)"
     )
+    return 0
 
 
-COMMANDS = {"run": run, "resync": resync}
+def _postgres_errors() -> tuple[type[BaseException], ...]:
+    """asyncpg's errors, once it is loaded (a SQLite-only service never loads it)."""
+    asyncpg = sys.modules.get("asyncpg")
+    return (asyncpg.PostgresError, asyncpg.InterfaceError) if asyncpg is not None else ()
+
+
+async def migrate_storage(source: str, url: str) -> int:
+    """Copy the SQLite file `source` into the empty PostgreSQL database at `url`."""
+    from storage.postgres import redact
+    from storage.transfer import TransferRefused, copy_sqlite_to_postgres
+
+    try:
+        copied = await copy_sqlite_to_postgres(source, url)
+    except TransferRefused as exc:
+        print(f"migrate-storage: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, *_postgres_errors()) as exc:
+        print(f"migrate-storage: cannot reach or write {redact(url)}: {exc}", file=sys.stderr)
+        return 1
+    total = sum(copied.values())
+    print(f"migrate-storage: copied {total} row(s) from {source} to {redact(url)}:")
+    for table, rows in copied.items():
+        print(f"  {table}: {rows}")
+    print("set [storage] url to it (and remove [storage] path) to run on PostgreSQL")
+    return 0
+
+
+COMMANDS = {"run": run, "resync": resync, "migrate-storage": migrate_storage}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,10 +370,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "command", nargs="?", default="run", choices=sorted(COMMANDS),
         help="run: the service (default); resync: re-derive every granted roster item"
-        " from the database and queue it for the service to apply",
+        " from the database and queue it for the service to apply; migrate-storage: copy"
+        " a SQLite database (--from PATH) into an empty PostgreSQL one (--to URL)",
     )
-    parser.add_argument("--config", required=True, help="path to the TOML configuration file")
+    parser.add_argument("--config", help="path to the TOML configuration file (run, resync)")
+    parser.add_argument("--from", dest="source", metavar="PATH", help="migrate-storage: the SQLite file")
+    parser.add_argument("--to", dest="target", metavar="URL", help="migrate-storage: postgresql://...")
     args = parser.parse_args(argv)
+    if args.command == "migrate-storage":
+        if not args.source or not args.target:
+            parser.error("migrate-storage needs --from PATH and --to URL")
+        if not is_postgres_url(args.target):
+            parser.error("--to must be a postgresql:// URL")
+        setup_logging("WARNING")
+        return asyncio.run(migrate_storage(args.source, args.target))
+    if not args.config:
+        parser.error("--config is required")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -285,9 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.logging.level)
     try:
-        asyncio.run(COMMANDS[args.command](config))
+        status = asyncio.run(COMMANDS[args.command](config))
     except SchemaTooNew as exc:
         log.error("%s; refusing to start", exc)
+        return 1
+    except _postgres_errors() as exc:
+        log.error("cannot start: PostgreSQL refused: %s", exc)
         return 1
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
@@ -298,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.error("cannot start: %s", exc)
         return 1
-    return 0
+    return int(status or 0)
 
 
 if __name__ == "__main__":

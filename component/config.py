@@ -98,7 +98,24 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
+    """Where the state lives: a SQLite file (`path`, the default) or a PostgreSQL
+    database (`url`, postgresql://user:password@host:port/name; a secret: also
+    `url_file` or $PRESENCE_STORAGE_URL). Never both."""
+
     path: str = field(default="presence.sqlite3", metadata=NON_EMPTY)
+    url: str = field(default="", metadata=SECRET)
+    # PostgreSQL only: connections of this instance's pool.
+    pool_size: int = field(default=10, metadata=between(2, 1000))
+
+    @property
+    def target(self) -> str:
+        """What storage.open_database takes: the URL when set, else the file's path."""
+        return self.url or self.path
+
+    @property
+    def shared(self) -> bool:
+        """Several instances may share the database (PostgreSQL)."""
+        return bool(self.url)
 
 
 @dataclass(frozen=True)
@@ -300,6 +317,12 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> C
         if name in raw or name == "component" or any(k.startswith(f"{ENV_PREFIX}{name.upper()}_") for k in env)
     }
     config = Config(**built)
+    storage_raw = raw.get("storage", {})
+    if config.storage.url:
+        if "path" in storage_raw:
+            raise ConfigError("[storage] path and url are exclusive: set path (SQLite) or url (PostgreSQL)")
+        if not config.storage.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("[storage] url must be a postgresql:// URL")
     if "." not in config.component.jid or "@" in config.component.jid:
         raise ConfigError("[component] jid must be a domain such as presence.example.org")
     try:

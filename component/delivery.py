@@ -142,6 +142,10 @@ class OutboxDispatcher(Worker):
         self.roster_errors = 0  # roster IQs the server refused (waiting) or failed
         self._waiting: set[tuple[str, str]] = set()  # roster items whose rows wait (this drain)
         self._in_flight: set[int] = set()  # sent on the current stream, not yet confirmed
+        # A commit woke a drain past rows already read: drain again from the start once
+        # this one is done. With several instances (PostgreSQL) ids are taken before
+        # commit, so a row may commit below the drain's cursor after it passed.
+        self._rescan = False
 
     async def _run(self) -> None:
         while True:
@@ -154,6 +158,8 @@ class OutboxDispatcher(Worker):
                 continue
             try:
                 await self.drain()
+                if self._rescan:
+                    self._wake.set()
             except TransportGone:
                 log.info("outbox: stream lost while delivering; will resume after reconnect")
             except Exception:
@@ -185,6 +191,7 @@ class OutboxDispatcher(Worker):
             return
         generation = self.transport.generation
         self._waiting = set()
+        self._rescan = False
         try:
             await self._deliver_suspects(generation)
             await self._deliver_all(generation)
@@ -271,6 +278,7 @@ class OutboxDispatcher(Worker):
             woken.cancel()
         if self._wake.is_set():
             self._wake.clear()
+            self._rescan = True
 
     def _send(
         self,

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Run the whole test suite: installs what it needs first (idempotent).
 #   - Prosody 0.12 + prosody-modules (mod_privilege) from Debian, when missing (needs root);
+#   - PostgreSQL from Debian, when missing (needs root): the tests marked `postgresql`
+#     start a private cluster of it (scripts/local_postgres.py); `-m "not postgresql"`
+#     runs the rest without it;
 #   - a virtualenv in .venv with the project and its test extras.
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/unit -x`.
 set -euo pipefail
@@ -15,6 +18,7 @@ sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
 bash scripts/install-prosody.sh
+bash scripts/install-postgres.sh
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "test.sh: creating virtualenv $VENV" >&2

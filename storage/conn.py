@@ -59,6 +59,7 @@ class Conn:
     """
 
     __slots__ = ("_raw",)
+    dialect = "sqlite"  # storage.dialect.SQLITE; PostgreSQL's connection says "postgresql"
 
     def __init__(self, raw: sqlite3.Connection) -> None:
         self._raw = raw

@@ -192,6 +192,10 @@ class _Lane:
 
 
 class Database:
+    """The SQLite database (storage/postgres.py has the same surface on PostgreSQL)."""
+
+    engine = "sqlite"
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._writer: aiosqlite.Connection | None = None

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from component.errors import BadRequest
 from component.model import parse_bare_jid
+from storage import dialect
 from storage.conn import Conn
 
 log = logging.getLogger(__name__)
@@ -381,10 +382,30 @@ async def _v5_delivery_attempts(conn: Conn) -> None:
     )
 
 
+async def _v6_wake_ups(conn: Conn) -> None:
+    """PostgreSQL only (a no-op on SQLite, where one process holds the database and
+    wakes its dispatchers itself): every statement inserting into `outbox` or
+    `mail_outbox` notifies the channel of the table's name, so that the instance
+    delivering them is woken whichever instance committed (storage/postgres.py). The
+    NOTIFY is part of the inserting transaction: sent only when it commits."""
+    if getattr(conn, "dialect", dialect.SQLITE) != dialect.POSTGRESQL:
+        return
+    for table in ("outbox", "mail_outbox"):
+        await conn.execute(
+            f"CREATE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM pg_notify('{table}', ''); RETURN NULL; END $$"
+        )
+        await conn.execute(
+            f"CREATE TRIGGER {table}_notify AFTER INSERT ON {table}"
+            f" FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify()"
+        )
+
+
 UPGRADES: list[Upgrade] = [
     _v1_initial,
     _v2_presence_subscriptions,
     _v3_device_sharing,
     _v4_consent,
     _v5_delivery_attempts,
+    _v6_wake_ups,
 ]

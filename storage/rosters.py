@@ -55,7 +55,7 @@ async def mark_created(conn: Conn, owner: str, contact: str, now_ms: int) -> Non
     await conn.execute(
         "INSERT INTO roster_items (owner, contact, created, granted, updated_at)"
         " VALUES (?, ?, 1, 'none', ?)"
-        " ON CONFLICT (owner, contact) DO UPDATE SET created = 1, version = version + 1,"
+        " ON CONFLICT (owner, contact) DO UPDATE SET created = 1, version = roster_items.version + 1,"
         " updated_at = excluded.updated_at",
         (owner, contact, now_ms),
     )
@@ -72,7 +72,7 @@ async def save(conn: Conn, record: RosterRecord, now_ms: int) -> None:
         "INSERT INTO roster_items (owner, contact, created, granted, updated_at)"
         " VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (owner, contact) DO UPDATE SET created = excluded.created,"
-        " granted = excluded.granted, version = version + 1, updated_at = excluded.updated_at",
+        " granted = excluded.granted, version = roster_items.version + 1, updated_at = excluded.updated_at",
         (record.owner, record.contact, int(record.created), record.granted, now_ms),
     )
 

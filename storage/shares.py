@@ -96,8 +96,8 @@ async def hide_for(conn: Conn, invite_code: InviteCode, user_id: UserId) -> bool
     # share to an unknown address), and NULL in a NOT NULL column failed the whole update.
     cur = await conn.execute(
         "UPDATE device_shares SET"
-        " hidden_by_sender = hidden_by_sender OR from_user_id IS ?1,"
-        " hidden_by_receiver = hidden_by_receiver OR to_user_id IS ?1"
+        " hidden_by_sender = CASE WHEN from_user_id = ?1 THEN 1 ELSE hidden_by_sender END,"
+        " hidden_by_receiver = CASE WHEN to_user_id = ?1 THEN 1 ELSE hidden_by_receiver END"
         " WHERE invite_code = ?2 AND (from_user_id = ?1 OR to_user_id = ?1)",
         (user_id, invite_code),
     )
@@ -109,11 +109,11 @@ async def visible_to(conn: Conn, user_id: UserId, limit: int) -> list[DeviceShar
     async with conn.execute(
         "SELECT * FROM ("
         + _SELECT
-        + " WHERE s.from_user_id = ?1 AND NOT s.hidden_by_sender"
+        + " WHERE s.from_user_id = ?1 AND s.hidden_by_sender = 0"
         " UNION ALL "
         + _SELECT
-        + " WHERE s.to_user_id = ?1 AND s.from_user_id <> ?1 AND NOT s.hidden_by_receiver"
-        ") ORDER BY 11 DESC, 1 LIMIT ?2",
+        + " WHERE s.to_user_id = ?1 AND s.from_user_id <> ?1 AND s.hidden_by_receiver = 0"
+        ") AS visible ORDER BY 11 DESC, 1 LIMIT ?2",
         (user_id, limit),
     ) as cur:
         rows = await cur.fetchall()

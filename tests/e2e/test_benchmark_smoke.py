@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.postgresql]  # figure 1b runs on PostgreSQL too
 
 
 def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
@@ -30,6 +30,7 @@ def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
     assert result.returncode == 0, output[-4000:]
     for figure in (
         "REST create+accept",
+        "REST create+accept on PostgreSQL",
         "mgmt messages/s",
         "accepts/s incl. XEP-0356 rosters",
         "list received p99",

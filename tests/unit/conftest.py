@@ -1,5 +1,12 @@
-"""Fixtures for the unit tier: a real SQLite file with the real migrations, an
-injected FixedClock and a fake password verifier (the XMPP server's job)."""
+"""Fixtures for the unit tier: a real database with the real migrations, an
+injected FixedClock and a fake password verifier (the XMPP server's job).
+
+`db` is parametrised over both engines: every test that uses it (directly or through
+the action fixtures) runs once on a SQLite file (`[sqlite]`) and once on PostgreSQL
+(`[postgresql]`, marked `postgresql`, on the session's private cluster, see
+tests/conftest.py). A test that names `db_path`, or is marked `sqlite_only` (query
+plans, pragmas), is about SQLite itself and runs on SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from component.model import Account, BareJid, Device, User
 from component.provisioning import Provisioning
 from component.subscriptions import PresenceStates
 from storage import Database
+from storage.postgres import PostgresDatabase
 from unit_rig import SERVED, TOKEN_TTL_S, CommitCounter, FakeVerifier
 
 
@@ -30,10 +38,44 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "presence.sqlite3"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    engines = [pytest.param("sqlite", id="sqlite")]
+    if "db_path" not in metafunc.fixturenames and not metafunc.definition.get_closest_marker("sqlite_only"):
+        engines.append(pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql))
+    metafunc.parametrize("backend", engines)
+
+
+@pytest.fixture(scope="session")
+def unit_pg_url(postgres) -> str:
+    """One database for the unit tier's PostgreSQL runs, emptied before each test."""
+    return postgres.new_database("unit")
+
+
+async def _empty(database: PostgresDatabase) -> None:
+    async with database.pool.acquire() as raw:
+        tables = [
+            r[0] for r in await raw.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'schema_version'"
+            )
+        ]
+        if tables:
+            await raw.execute(
+                "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
+            )
+
+
 @pytest.fixture
-async def db(db_path: Path) -> AsyncIterator[Database]:
-    database = Database(db_path)
-    await database.open()
+async def db(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Database]:
+    if backend == "postgresql":
+        database: Database = PostgresDatabase(request.getfixturevalue("unit_pg_url"))  # type: ignore[assignment]
+        await database.open()
+        await _empty(database)  # type: ignore[arg-type]
+    else:
+        database = Database(request.getfixturevalue("db_path"))
+        await database.open()
     yield database
     await database.close()
 

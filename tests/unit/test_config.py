@@ -313,3 +313,31 @@ def test_a_secret_given_twice_or_unreadable_is_refused(tmp_path: Path) -> None:
         parse_config({"component": {"jid": "presence.example.test", "secret_file": str(tmp_path / "none")}}, env={})
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[http\]: port_file"):
         parse_config(with_section("http", port_file="x"))
+
+
+def test_storage_is_a_sqlite_file_or_a_postgresql_url_never_both(tmp_path: Path) -> None:
+    url = "postgresql://presence:pw@127.0.0.1:5432/presence"
+    config = parse_config(with_section("storage", url=url), env={})
+    assert (config.storage.target, config.storage.shared) == (url, True)
+    config = parse_config(MINIMAL, env={"PRESENCE_STORAGE_URL": url})
+    assert config.storage.target == url
+    assert parse_config(MINIMAL, env={}).storage.target == "presence.sqlite3"
+    assert not parse_config(MINIMAL, env={}).storage.shared
+    with pytest.raises(ConfigError, match=r"\[storage\] path and url are exclusive"):
+        parse_config(with_section("storage", path="p.sqlite3", url=url), env={})
+    with pytest.raises(ConfigError, match=r"\[storage\] url must be a postgresql:// URL"):
+        parse_config(with_section("storage", url="mysql://x"), env={})
+
+
+def test_path_and_url_together_exit_with_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from component.__main__ import main
+
+    config = tmp_path / "both.toml"
+    config.write_text(
+        '[component]\njid = "presence.example.test"\nsecret = "s"\n'
+        '[storage]\npath = "p.sqlite3"\nurl = "postgresql://u:hidden@127.0.0.1/p"\n'
+    )
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "path and url are exclusive" in err
+    assert "hidden" not in err

@@ -22,7 +22,7 @@ from component.model import (
     User,
     new_object_id,
 )
-from storage import Conn, Database, SchemaTooNew
+from storage import Conn, Database, IntegrityError, SchemaTooNew
 from storage import presence_requests, tokens
 from storage.migrations import UPGRADES
 from unit_rig import TOKEN_TTL_S
@@ -84,6 +84,7 @@ async def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(len(UPGRADES) + 1,)]
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("which", ["writer", "reader"])
 async def test_pragmas_are_in_effect_on_both_connections(db: Database, which: str) -> None:
     conn = db._writer if which == "writer" else db.reader
@@ -97,7 +98,7 @@ async def test_pragmas_are_in_effect_on_both_connections(db: Database, which: st
 
 async def test_foreign_keys_refuse_a_request_for_an_unknown_user(db: Database, alice: User) -> None:
     ghost = User(new_object_id(), "ghost@example.test")  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(IntegrityError):
         await db.write(lambda tx: presence_requests.insert(tx, _pending(alice, ghost, 1)))
     async with db.reader.execute("SELECT count(*) FROM presence_requests") as cur:
         assert (await cur.fetchone())[0] == 0
@@ -110,7 +111,7 @@ async def test_the_pair_index_refuses_a_second_live_request_in_one_direction(
     db: Database, alice: User, bob: User
 ) -> None:
     await db.write(lambda tx: presence_requests.insert(tx, _pending(alice, bob, 1)))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(IntegrityError):
         await db.write(lambda tx: presence_requests.insert(tx, _pending(alice, bob, 2)))
     # the reverse direction is another pair
     await db.write(lambda tx: presence_requests.insert(tx, _pending(bob, alice, 3)))
@@ -130,6 +131,7 @@ _SHAPES = list(
 )
 
 
+@pytest.mark.sqlite_only  # EXPLAIN QUERY PLAN is SQLite's
 @pytest.mark.parametrize(
     ("box", "statuses", "descending", "keyset"),
     _SHAPES,
