@@ -124,6 +124,7 @@ class Service:
             config.limits.max_page_size,
             frozenset(parse_bare_jid(a) for a in config.auth.xmpp_admins),
             config.auth.account_check_s,
+            config.roster,
         )
         self.dispatcher = OutboxDispatcher(
             self.db, self.xmpp, clock=self.clock, poll_s=config.component.outbox_poll_s,
