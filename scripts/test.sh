@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite: installs what it needs first (idempotent).
 #   - Prosody 0.12 + prosody-modules (mod_privilege) from Debian, when missing (needs root);
+#   - ejabberd 23.01 from Debian, when missing (needs root; its packaged service kept from
+#     starting): the end-to-end tier runs its core scenarios against a private ejabberd too;
 #   - a virtualenv in .venv with the project and its test extras.
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/unit -x`.
 set -euo pipefail
@@ -15,6 +17,7 @@ sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
 bash scripts/install-prosody.sh
+bash scripts/install-ejabberd.sh
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "test.sh: creating virtualenv $VENV" >&2

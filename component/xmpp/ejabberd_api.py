@@ -6,10 +6,11 @@
 Measured against ejabberd 23.01:
 - `get_roster {user, server}` answers one entry per (item, group): `[{jid, nick,
   subscription, ask, group}]`, `group` "" for an item without groups; `ask` is
-  `none`/`in`/`out`/`both`/`undefined` (`out`/`both`: the user's own request pending);
+  "subscribe" while the user's own request is pending (read as "out"/"both" too, the
+  names of ejabberd's internal values);
 - `add_rosteritem {localuser, localhost, user, host, nick, group, subs}` sets the whole
   item (name, groups joined by ";", subscription) and pushes it to the user's clients;
-  it clears a pending request (`ask`), which the API cannot set;
+  it keeps a pending request (`ask`), as XEP-0356 sets on Prosody do;
 - `delete_rosteritem {localuser, localhost, user, host}` answers 0 for an absent item too;
 - a command that `api_permissions` does not allow to the caller answers 403 (code 32).
 """
@@ -171,7 +172,7 @@ class EjabberdApiRosters:
                 subscription if subscription in ("none", "to", "from", "both") else "none",
                 entry.get("nick") or None,
                 tuple(item["groups"]),
-                "subscribe" if entry.get("ask") in ("out", "both") else None,
+                "subscribe" if entry.get("ask") in ("subscribe", "out", "both") else None,
             )
         return items
 

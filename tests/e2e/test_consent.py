@@ -25,6 +25,7 @@ from component.__main__ import Service
 from component.config import parse_config
 from local_prosody import LocalProsody, free_port
 from tests.e2e.conftest import (
+    both_servers,
     COMPONENT,
     OTHER_DOMAIN,
     PASSWORDS,
@@ -113,6 +114,7 @@ async def settle(user: XmppUser) -> None:
 # ---- rosters belong to their users ------------------------------------------------------
 
 
+@both_servers
 async def test_accept_and_interrupt_keep_a_contacts_name_and_groups(
     api: RestApi, alice: XmppUser, bob: XmppUser
 ) -> None:

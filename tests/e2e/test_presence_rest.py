@@ -12,6 +12,7 @@ import base64
 import pytest
 
 from tests.e2e.conftest import (
+    both_servers,
     ISO_MS,
     RestApi,
     Session,
@@ -45,6 +46,7 @@ async def expect_messages(
 # ---- the whole flow ---------------------------------------------------------------------
 
 
+@both_servers
 async def test_create_accept_reverse_and_interrupt_drive_messages_and_rosters(
     api: RestApi, alice: XmppUser, bob: XmppUser
 ) -> None:

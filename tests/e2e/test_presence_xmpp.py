@@ -6,6 +6,7 @@ import pytest
 from slixmpp.xmlstream import ET
 
 from tests.e2e.conftest import (
+    both_servers,
     COMPONENT,
     ISO_MS,
     NS_CONF,
@@ -52,6 +53,7 @@ def listed(answer) -> tuple[list[dict[str, str]], dict[str, str]]:
     return items, paging
 
 
+@both_servers
 async def test_create_get_accept_interrupt(alice: XmppUser, bob: XmppUser, api: RestApi) -> None:
     answer = await alice.handshake(action="create", to=bob.jid)
     assert answer["from"].bare == COMPONENT
