@@ -33,6 +33,7 @@ from component.xmpp import PresenceComponent
 from http_bridge import HttpListener, Services, build_app
 from storage import Conn, Database, SchemaTooNew, dead_letters, outbox
 from storage import mail as mail_outbox
+from storage.instance_lock import DatabaseInUse, InstanceLock
 
 log = logging.getLogger("component")
 
@@ -230,6 +231,16 @@ class Service:
 
 
 async def run(config: Config) -> None:
+    # One service per database (storage/instance_lock.py), held until the process ends.
+    lock = InstanceLock(config.storage.path)
+    lock.acquire()
+    try:
+        await _serve(config)
+    finally:
+        lock.release()
+
+
+async def _serve(config: Config) -> None:
     service = Service(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -290,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaTooNew as exc:
         log.error("%s; refusing to start", exc)
         return 1
+    except DatabaseInUse as exc:
+        log.error(
+            "cannot start: %s; one service per database (several connections of one component"
+            " JID need the PostgreSQL setup, see README \"ejabberd\")", exc,
+        )
+        return 2
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             log.error(
