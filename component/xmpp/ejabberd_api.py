@@ -12,6 +12,8 @@ Measured against ejabberd 23.01:
   item (name, groups joined by ";", subscription) and pushes it to the user's clients;
   it keeps a pending request (`ask`), as XEP-0356 sets on Prosody do;
 - `delete_rosteritem {localuser, localhost, user, host}` answers 0 for an absent item too;
+  of an item that holds a subscription it also sends the contact `unsubscribe` /
+  `unsubscribed`, which changes the contact's roster (see `remove_item`);
 - a command that `api_permissions` does not allow to the caller answers 403 (code 32).
 """
 
@@ -192,13 +194,25 @@ class EjabberdApiRosters:
         })
 
     async def remove_item(self, owner: str, contact: str) -> None:
+        """Clear the item's subscription, then delete it. delete_rosteritem of an item that
+        still holds a direction makes ejabberd send the contact `unsubscribe` /
+        `unsubscribed` (RFC 6121 2.5.2): the contact's roster would change (and a pending
+        request of the contact be cancelled) behind the service's back. Cleared first, the
+        contact's item is changed only by its own outbox row, as over XEP-0356. The owner's
+        clients see two pushes: `none`, then `remove`."""
         user, domain = _split(owner)
         contact_user, _, contact_host = contact.rpartition("@")
         if not contact_user:
             contact_user, contact_host = "", contact
-        await self._call_ok("delete_rosteritem", {
-            "localuser": user, "localhost": domain, "user": contact_user, "host": contact_host,
-        })
+        where = {"localuser": user, "localhost": domain, "user": contact_user, "host": contact_host}
+        current = (await self.items(owner)).get(contact)
+        if current is None:
+            return  # already gone: the goal is reached
+        if current.subscription != "none":
+            await self._call_ok("add_rosteritem", {
+                **where, "nick": current.name or "", "group": GROUP_SEPARATOR.join(current.groups), "subs": "none",
+            })
+        await self._call_ok("delete_rosteritem", where)
 
     # ---- HTTP -------------------------------------------------------------------------
 

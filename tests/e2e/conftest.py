@@ -763,6 +763,15 @@ def _body(msg: slixmpp.Message) -> str | None:
     return msg.xml.findtext("{jabber:client}body")
 
 
+def removal_pushes(server: XmppServer, contact: str) -> list[tuple[str, str]]:
+    """The roster pushes a user's client sees when the service removes `contact` from its
+    roster: the removal; behind ejabberd's API the cleared subscription first (see
+    component/xmpp/ejabberd_api.py, `remove_item`)."""
+    if isinstance(server, LocalEjabberd):
+        return [(contact, "none"), (contact, "remove")]
+    return [(contact, "remove")]
+
+
 def handshake_of(answer: slixmpp.Iq) -> dict[str, str]:
     """The <presencehandshake/> attributes of a result (asserting it is one)."""
     assert answer["type"] == "result", f"expected a result, got {answer}"

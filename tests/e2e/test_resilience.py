@@ -155,6 +155,8 @@ async def test_xmpp_server_restart_while_running_loses_nothing(
     assert await alice.next_management() == [management(request_id, "update", "sent", "accepted")]
     assert await bob.next_management() == [management(request_id, "update", "received", "accepted")]
     assert await alice.roster_push_for(bob.jid, "to") == [(bob.jid, "to")]
+    # Each owner's item is its own change: wait for bob's too (ejabberd's API is slower).
+    assert await bob.roster_push_for(alice.jid, "from") == [(alice.jid, "from")]
     assert (await alice.roster())[bob.jid] == "to"
     assert (await bob.roster())[alice.jid] == "from"
 
