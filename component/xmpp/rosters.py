@@ -44,7 +44,8 @@ class RosterAccess(Session):
     def on_user_presence(self, presence: Presence) -> None:
         """A user's availability, which the server forwards with the XEP-0356 presence
         permission: a new resource, or the last one leaving, is when that user's roster
-        is compared with what the service granted (component.rosters)."""
+        is compared with what the service granted (component.rosters). Where the server
+        forwards no unavailable presence (ejabberd 23.01), every available one is."""
         if presence.xml.get("type") not in (None, "unavailable"):
             return
         sender = presence["from"]
@@ -53,7 +54,7 @@ class RosterAccess(Session):
         bare = sender.bare
         resources = self._online.setdefault(bare, set())
         if presence.xml.get("type") is None:
-            if sender.resource in resources:
+            if sender.resource in resources and self.grants.forwards_unavailable(sender.domain):
                 return  # a change of <show/> or <status/>: nothing new
             resources.add(sender.resource)
         else:

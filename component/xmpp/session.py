@@ -28,10 +28,10 @@ from component.device_sharing import DeviceSharing
 from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, Forbidden, WireError
 from component.logfields import untrusted
 from component.model import User, parse_bare_jid
+from component.rosters import OFF, UNAVAILABLE, NoRosters, RosterBackend
 from component.subscriptions import PresenceStates
 from component.xmpp import stanzas
 from component.xmpp.notices import management_body
-from component.rosters import OFF, UNAVAILABLE, NoRosters, RosterBackend
 from component.xmpp.slixfix import (
     NS_PRIVILEGE_1,
     PrivilegeAdvertisement,

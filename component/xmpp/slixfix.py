@@ -128,6 +128,13 @@ class PrivilegeGrants:
             break
         return domain
 
+    def forwards_unavailable(self, domain: str) -> bool:
+        """Whether the server tells the component when a user's resource goes. ejabberd
+        23.01 (urn:xmpp:privilege:1, presence managed_entity) forwards a user's available
+        presence, never the unavailable one a disconnect makes (measured): there every
+        available presence is taken as a (possibly new) session."""
+        return self.namespace.get(domain) != NS_PRIVILEGE_1
+
     def legacy(self) -> bool:
         """Some domain advertised in `urn:xmpp:privilege:1` (ejabberd before 23.10)."""
         return NS_PRIVILEGE_1 in self.namespace.values()

@@ -454,3 +454,21 @@ async def test_backend_none_is_off_and_its_roster_rows_are_dropped(
     await asyncio.wait_for(draining, 5)
     assert await outbox.count(db.reader) == 0
     await comp.close()
+
+
+@pytest.mark.parametrize(("ns", "checks"), [("urn:xmpp:privilege:2", 1), (LEGACY, 2)])
+async def test_where_no_unavailable_presence_is_forwarded_every_available_one_checks_the_roster(
+    comp: PresenceComponent, wire: Wire, ns: str, checks: int
+) -> None:
+    """ejabberd 23.01 forwards a user's available presence, not the unavailable one of a
+    disconnect: the same resource coming back is a new session there."""
+    checked: list[str] = []
+    comp.check_roster = checked.append  # type: ignore[method-assign]
+    wire.feed(privileges("example.test", "both", ns=ns, presence="managed_entity"))
+    for _ in range(2):
+        wire.feed(f"<presence from='alice@example.test/phone' to='{COMPONENT}'/>")
+    wire.feed(f"<presence from='carol@example.test/desk' to='{COMPONENT}'/>")  # handled after alice's
+    async with asyncio.timeout(5):
+        while "carol@example.test" not in checked:
+            await asyncio.sleep(0.01)
+    assert checked == ["alice@example.test"] * checks + ["carol@example.test"]
