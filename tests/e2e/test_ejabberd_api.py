@@ -5,6 +5,7 @@ the backend alone (what it reads and writes through mod_http_api), then the serv
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import pytest
@@ -15,6 +16,7 @@ from component.rosters import GRANTED, UNAVAILABLE, RosterItem
 from component.xmpp import ejabberd_api
 from component.xmpp.ejabberd_api import EjabberdApiRosters
 from local_ejabberd import LocalEjabberd, free_port
+from storage import outbox
 from tests.e2e.conftest import (
     COMPONENT,
     DOMAIN,
@@ -161,3 +163,31 @@ async def test_backend_none_is_off_and_leaves_rosters_alone(
     ]
     status, health = await wait_for_health(running.base_url, lambda s, b: healthy("off")(s, b) and b["outbox_pending"] == 0)
     assert await alice.roster() == {} and await bob.roster() == {}
+
+
+async def test_xep0356_on_ejabberd_23_01_says_to_use_the_api(
+    xmpp_server: LocalEjabberd, make_service: ServiceFactory, xmpp_users, http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The measured pitfall: 23.01 advertises roster "both" in urn:xmpp:privilege:1 and fails
+    every privileged roster set. The service says which backend to use, twice: at the
+    advertisement and at the first failed change (which is retried, never dropped)."""
+    caplog.set_level(logging.INFO)
+    running = await make_service(xmpp_server, sections={"roster": {"backend": "xep0356"}})
+    api = RestApi(http, running.base_url)
+    alice, bob = await xmpp_users("alice"), await xmpp_users("bob")
+    a, b = await api.login("alice"), await api.login("bob")
+    status, body = await api.create(a, toJid=bob.jid)
+    status, body = await api.transition(b, body["data"]["id"], "accept")
+    assert (status, body["data"]["status"]) == (200, "accepted")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    async with asyncio.timeout(20):
+        while not any("failed a privileged roster IQ" in w for w in warnings()):
+            await asyncio.sleep(0.05)
+    assert any("urn:xmpp:privilege:1" in w and 'backend = "ejabberd_api"' in w for w in warnings())
+    assert any("internal-server-error" in w and 'backend = "ejabberd_api"' in w for w in warnings())
+    assert await alice.roster() == {}  # nothing shared: the rows wait for a retry
+    assert (await running.db.read(outbox.count)) >= 1
