@@ -37,6 +37,7 @@ from component.xmpp import PresenceComponent
 from http_bridge import HttpListener, Services, build_app
 from storage import Conn, SchemaTooNew, database_for, dead_letters, is_postgres_url, outbox
 from storage import mail as mail_outbox
+from storage.instance_lock import DatabaseInUse, InstanceLock
 
 if TYPE_CHECKING:
     from component.leadership import Leadership
@@ -131,6 +132,7 @@ class Service:
             config.limits.max_page_size,
             frozenset(parse_bare_jid(a) for a in config.auth.xmpp_admins),
             config.auth.account_check_s,
+            config.roster,
         )
         self.dispatcher = OutboxDispatcher(
             self.db, self.xmpp, clock=self.clock, poll_s=config.component.outbox_poll_s,
@@ -286,6 +288,19 @@ class Service:
 
 
 async def run(config: Config) -> int:
+    # SQLite: one service per database (storage/instance_lock.py), held until the process
+    # ends. PostgreSQL: several instances share it; leadership says which one is active.
+    if config.storage.shared:
+        return await _serve(config)
+    lock = InstanceLock(config.storage.path)
+    lock.acquire()
+    try:
+        return await _serve(config)
+    finally:
+        lock.release()
+
+
+async def _serve(config: Config) -> int:
     service = Service(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -397,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaTooNew as exc:
         log.error("%s; refusing to start", exc)
         return 1
+    except DatabaseInUse as exc:
+        log.error(
+            "cannot start: %s; one service per database (several connections of one component"
+            " JID need the PostgreSQL setup, see README \"ejabberd\")", exc,
+        )
+        return 2
     except _postgres_errors() as exc:
         log.error("cannot start: PostgreSQL refused: %s", exc)
         return 1

@@ -191,6 +191,20 @@ class SharingConfig:
 
 
 @dataclass(frozen=True)
+class RosterConfig:
+    # Where users' rosters are changed (DESIGN "Servers and rosters"): "xep0356"
+    # (privileged roster IQs: Prosody, ejabberd >= 23.10), "ejabberd_api" (ejabberd's
+    # mod_http_api), or "none" (messages and IQs only).
+    backend: str = field(default="xep0356", metadata=one_of("xep0356", "ejabberd_api", "none"))
+    ejabberd_api_url: str = "http://127.0.0.1:5281/api"
+    # Optional HTTP basic auth for the API; without it api_permissions must allow the
+    # service's address.
+    ejabberd_api_user: str = ""
+    ejabberd_api_password: str = field(default="", metadata=SECRET)
+    ejabberd_api_timeout_s: float = field(default=10.0, metadata=between(0.1, 600))
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = field(default="INFO", metadata=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -204,6 +218,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
+    roster: RosterConfig = field(default_factory=RosterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -215,6 +230,7 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "smtp": SmtpConfig,
     "sharing": SharingConfig,
+    "roster": RosterConfig,
     "logging": LoggingConfig,
 }
 
@@ -350,6 +366,12 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> C
         raise ConfigError("[smtp] sender is required when [smtp] host is set")
     if config.smtp.tls and config.smtp.starttls:
         raise ConfigError("[smtp] tls (implicit TLS, port 465) and starttls are exclusive: set one")
+    if config.roster.backend == "ejabberd_api" and not config.roster.ejabberd_api_url.startswith(
+        ("http://", "https://")
+    ):
+        raise ConfigError("[roster] ejabberd_api_url must be an http:// or https:// URL")
+    if bool(config.roster.ejabberd_api_user) != bool(config.roster.ejabberd_api_password):
+        raise ConfigError("[roster] ejabberd_api_user and ejabberd_api_password go together: set both or neither")
     if not config.sharing.public_url.startswith(("http://", "https://")):
         raise ConfigError("[sharing] public_url must be an http:// or https:// URL")
     return config

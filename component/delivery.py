@@ -11,7 +11,8 @@ A roster row changes one direction of one item (component.rosters): the item is
 read first and only that direction changes, so delivering a row twice changes
 nothing the second time. Roster rows wait in the outbox, never dropped, while the
 server grants no roster access (no advertisement yet, or a `forbidden` answer);
-messages and presences behind them go on meanwhile.
+messages and presences behind them go on meanwhile. With `[roster] backend = "none"`
+roster rows are deleted unapplied (and nothing is recorded as granted).
 """
 
 from __future__ import annotations
@@ -61,7 +62,12 @@ class Transport(Protocol):
 
     @property
     def roster_ready(self) -> bool:
-        """Roster access (read and write) granted for every served domain."""
+        """Roster access (read and write) granted for every served domain, by whichever
+        roster backend is configured (component.rosters.RosterBackend)."""
+
+    @property
+    def rosters_off(self) -> bool:
+        """No roster backend (`[roster] backend = "none"`): roster rows are dropped."""
 
     def roster_allowed(self, owner: str) -> bool: ...
 
@@ -209,7 +215,7 @@ class OutboxDispatcher(Worker):
                 if confirming is not None and confirming.done():
                     confirming.result()  # its failure (TransportGone) ends this drain
                     confirming = None
-                roster = self.transport.roster_ready
+                roster = self.transport.roster_ready or self.transport.rosters_off
                 rows = await self.db.read(
                     lambda conn, after=cursor: outbox.next_batch(conn, after, self.batch_size, roster)
                 )
@@ -310,6 +316,9 @@ class OutboxDispatcher(Worker):
                 self._in_flight.add(row.id)
             elif row.kind == ROSTER:
                 assert key is not None
+                if self.transport.rosters_off:
+                    window.ids.append(row.id)  # no roster backend: done, unapplied
+                    continue
                 if key in self._waiting or not self.transport.roster_allowed(row.recipient):
                     continue  # waits in the outbox, in order (until the server grants access)
                 # Order matters per roster item (each change reads what the last left).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from component.actions import end_accepted, roster_changes, write_outbox
 from component.clock import Clock
@@ -54,6 +55,74 @@ class RosterItem:
     name: str | None = None
     groups: tuple[str, ...] = ()
     ask: str | None = None  # "subscribe": the user's own subscription request is pending
+
+
+# `/healthz` `roster` and RosterBackend.status: the backend works, does not work now, or
+# is `none` (messages and IQs only: roster changes are not made).
+GRANTED, UNAVAILABLE, OFF = "granted", "unavailable", "off"
+
+
+class RosterBackend(Protocol):
+    """Where users' rosters are read and changed (DESIGN "Servers and rosters",
+    `[roster] backend`): XEP-0356 privileged IQs on the component stream, ejabberd's
+    mod_http_api, or nowhere. The outbox dispatcher reaches it through its Transport
+    (component.delivery); the merge rules (`plan`) and the delivery guarantees are the
+    same for every backend. Each method raises component.delivery's TransportGone,
+    RosterRefused (no access now: the change waits) or RosterFailed (this change
+    failed: retried, then moved aside)."""
+
+    name: str  # "xep0356" | "ejabberd_api" | "none"
+
+    @property
+    def status(self) -> str:
+        """GRANTED, UNAVAILABLE or OFF."""
+
+    def allowed(self, owner: str) -> bool:
+        """Whether `owner`'s roster can be read and changed now."""
+
+    async def items(self, owner: str) -> dict[str, RosterItem]:
+        """`owner`'s whole roster as the server holds it."""
+
+    async def set_item(self, owner: str, item: RosterItem) -> None:
+        """Write the whole item (name, groups and subscription), as read and merged."""
+
+    async def remove_item(self, owner: str, contact: str) -> None:
+        """Remove the item; an absent item is done."""
+
+    async def session_started(self) -> None:
+        """The component's session is (again) up: check that the backend works."""
+
+    def session_ended(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class NoRosters:
+    """`backend = "none"`: messages and IQs only; the dispatcher drops roster rows."""
+
+    name = "none"
+    status = OFF
+
+    def allowed(self, owner: str) -> bool:
+        return False
+
+    async def items(self, owner: str) -> dict[str, RosterItem]:
+        return {}
+
+    async def set_item(self, owner: str, item: RosterItem) -> None:
+        return None
+
+    async def remove_item(self, owner: str, contact: str) -> None:
+        return None
+
+    async def session_started(self) -> None:
+        log.info("roster: [roster] backend = \"none\": users' rosters are not changed")
+
+    def session_ended(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)

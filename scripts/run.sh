@@ -12,6 +12,11 @@
 #   - starts a local mailbox (aiosmtpd) for e-mail device shares: .demo/mailbox/new/.
 # Ports (override with environment variables): XMPP c2s $C2S_PORT (15222), component
 # $COMPONENT_PORT (15347), REST $HTTP_PORT (8080), SMTP $SMTP_PORT (11025); all on 127.0.0.1.
+#
+# XMPP_SERVER=ejabberd runs the demo against ejabberd 23.01 from Debian instead
+# (scripts/install-ejabberd.sh, scripts/local_ejabberd.py: .demo/ejabberd/), with the
+# service's [roster] backend = "ejabberd_api" on its mod_http_api at $API_PORT (15281);
+# the Erlang node listens for ejabberdctl on $DIST_PORT (15299), no epmd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Everything the demo writes (secrets, configs, the database, Prosody's data) is for its
@@ -25,12 +30,19 @@ C2S_PORT=${C2S_PORT:-15222}
 COMPONENT_PORT=${COMPONENT_PORT:-15347}
 HTTP_PORT=${HTTP_PORT:-8080}
 SMTP_PORT=${SMTP_PORT:-11025}
+XMPP_SERVER=${XMPP_SERVER:-prosody}
+API_PORT=${API_PORT:-15281}
+DIST_PORT=${DIST_PORT:-15299}
 DOMAIN=example.test
 COMPONENT_JID=presence.$DOMAIN
 
 say() { echo "run.sh: $*" >&2; }
 
-bash scripts/install-prosody.sh
+case "$XMPP_SERVER" in
+  prosody) bash scripts/install-prosody.sh ;;
+  ejabberd) bash scripts/install-ejabberd.sh ;;
+  *) say "XMPP_SERVER must be prosody or ejabberd, not '$XMPP_SERVER'"; exit 2 ;;
+esac
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating virtualenv $VENV"
   "$PYTHON" -m venv "$VENV"
@@ -82,11 +94,26 @@ sender = "presence@$DOMAIN"
 [sharing]
 public_url = "http://127.0.0.1:$HTTP_PORT"
 TOML
+if [ "$XMPP_SERVER" = ejabberd ]; then
+  cat >> "$DEMO/config.toml" <<TOML
+
+[roster]
+# ejabberd 23.01's XEP-0356 roster sets fail: rosters go through its HTTP API.
+backend = "ejabberd_api"
+ejabberd_api_url = "http://127.0.0.1:$API_PORT/api"
+TOML
+  # ejabberdctl runs the node as the ejabberd user: it must reach .demo/ejabberd/
+  # (traverse only; every file in .demo stays 0600).
+  chmod 711 "$DEMO_ABS"
+fi
 
 # Processes left over from an earlier run that was killed hard would hold the ports;
 # they are recognised by this demo folder's absolute config paths.
 if pkill -f -- "--config $DEMO_ABS/xmpp/prosody.cfg.lua" 2>/dev/null; then
   say "stopped a Prosody left over from an earlier run"
+fi
+if pkill -f -- "-mnesia dir \"$DEMO_ABS/ejabberd/spool\"" 2>/dev/null; then
+  say "stopped an ejabberd left over from an earlier run"
 fi
 if pkill -f -- "-m component --config $DEMO_ABS/config.toml" 2>/dev/null; then
   say "stopped a service left over from an earlier run"
@@ -96,21 +123,38 @@ if pkill -f -- "-m aiosmtpd .* $DEMO_ABS/mailbox" 2>/dev/null; then
 fi
 sleep 0.5
 
-# Every port must be free before anything starts (a taken one would fail half-way).
-for spec in "C2S_PORT:$C2S_PORT" "COMPONENT_PORT:$COMPONENT_PORT" "HTTP_PORT:$HTTP_PORT" "SMTP_PORT:$SMTP_PORT"; do
+# Every port must be free before anything starts (a taken one would fail half-way); bound
+# as the servers bind (SO_REUSEADDR): a closed connection lingering in TIME_WAIT is no owner.
+PORTS="C2S_PORT:$C2S_PORT COMPONENT_PORT:$COMPONENT_PORT HTTP_PORT:$HTTP_PORT SMTP_PORT:$SMTP_PORT"
+[ "$XMPP_SERVER" = ejabberd ] && PORTS="$PORTS API_PORT:$API_PORT DIST_PORT:$DIST_PORT"
+for spec in $PORTS; do
   name=${spec%%:*}; port=${spec#*:}
-  if ! "$VENV/bin/python" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
+  if ! "$VENV/bin/python" -c "import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
     say "127.0.0.1:$port ($name) is already in use; free it or run with $name=<another port>"
     exit 2
   fi
 done
 
-say "starting Prosody on 127.0.0.1 (c2s $C2S_PORT, component $COMPONENT_PORT)"
-"$VENV/bin/python" scripts/local_prosody.py up --dir "$DEMO_ABS/xmpp" --domain "$DOMAIN" \
-  --component-jid "$COMPONENT_JID" --secret-file "$DEMO_ABS/secret" \
-  --c2s-port "$C2S_PORT" --component-port "$COMPONENT_PORT" \
-  --user alice:alice-password --user bob:bob-password --user admin:admin-password \
-  > "$DEMO_ABS/up.log" 2>&1 &
+if [ "$XMPP_SERVER" = ejabberd ]; then
+  SERVER_NAME=ejabberd
+  SERVER_LOG="$DEMO_ABS/ejabberd/logs/ejabberd.log"
+  say "starting ejabberd on 127.0.0.1 (c2s $C2S_PORT, component $COMPONENT_PORT, API $API_PORT)"
+  "$VENV/bin/python" scripts/local_ejabberd.py up --dir "$DEMO_ABS/ejabberd" --domain "$DOMAIN" \
+    --component-jid "$COMPONENT_JID" --secret-file "$DEMO_ABS/secret" \
+    --c2s-port "$C2S_PORT" --component-port "$COMPONENT_PORT" --api-port "$API_PORT" \
+    --dist-port "$DIST_PORT" \
+    --user alice:alice-password --user bob:bob-password --user admin:admin-password \
+    > "$DEMO_ABS/up.log" 2>&1 &
+else
+  SERVER_NAME=prosody
+  SERVER_LOG="$DEMO_ABS/xmpp/prosody.log"
+  say "starting Prosody on 127.0.0.1 (c2s $C2S_PORT, component $COMPONENT_PORT)"
+  "$VENV/bin/python" scripts/local_prosody.py up --dir "$DEMO_ABS/xmpp" --domain "$DOMAIN" \
+    --component-jid "$COMPONENT_JID" --secret-file "$DEMO_ABS/secret" \
+    --c2s-port "$C2S_PORT" --component-port "$COMPONENT_PORT" \
+    --user alice:alice-password --user bob:bob-password --user admin:admin-password \
+    > "$DEMO_ABS/up.log" 2>&1 &
+fi
 PROSODY_PID=$!
 SERVICE_PID=""
 MAILBOX_PID=""
@@ -124,18 +168,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# Wait for the `up` helper to report Prosody running (it exits on any failure, e.g. a port
-# already taken by another server).
-for _ in $(seq 1 100); do
+# Wait for the `up` helper to report the server running (it exits on any failure, e.g. a
+# port already taken by another server).
+for _ in $(seq 1 300); do
   kill -0 "$PROSODY_PID" 2>/dev/null || {
     cat "$DEMO_ABS/up.log" >&2
-    say "Prosody failed to start (see above and $DEMO_ABS/xmpp/prosody.log)"
+    say "$SERVER_NAME failed to start (see above and $SERVER_LOG)"
     exit 1
   }
-  grep -q "^prosody running" "$DEMO_ABS/up.log" 2>/dev/null && break
+  grep -q "^$SERVER_NAME running" "$DEMO_ABS/up.log" 2>/dev/null && break
   sleep 0.2
 done
-grep -q "^prosody running" "$DEMO_ABS/up.log" || { say "Prosody did not start within 20 s"; exit 1; }
+grep -q "^$SERVER_NAME running" "$DEMO_ABS/up.log" || { say "$SERVER_NAME did not start within 60 s"; exit 1; }
 sed 's/^/  /' "$DEMO_ABS/up.log" >&2
 
 say "starting a local mailbox on 127.0.0.1:$SMTP_PORT (mails land in $DEMO_ABS/mailbox/new/)"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite: installs what it needs first (idempotent).
 #   - Prosody 0.12 + prosody-modules (mod_privilege) from Debian, when missing (needs root);
+#   - ejabberd 23.01 from Debian, when missing (needs root; its packaged service kept from
+#     starting): the end-to-end tier runs its core scenarios against a private ejabberd too;
 #   - PostgreSQL from Debian, when missing (needs root): the tests marked `postgresql`
 #     start a private cluster of it (scripts/local_postgres.py); `-m "not postgresql"`
 #     runs the rest without it;
@@ -18,6 +20,7 @@ sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
 bash scripts/install-prosody.sh
+bash scripts/install-ejabberd.sh
 bash scripts/install-postgres.sh
 
 if [ ! -x "$VENV/bin/python" ]; then

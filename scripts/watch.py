@@ -45,13 +45,13 @@ async def watch(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
 
     def on_management(msg) -> None:
-        if msg.xml.get("type") != "management":
-            return
+        # Recognised by the child element, whatever the type: ejabberd rewrites the
+        # non-standard type="management" to "normal".
         for child in msg.xml:
             if child.tag.startswith(f"{{{NS_CONFIGURATION}}}"):
                 name = child.tag.partition("}")[2]
                 attrs = " ".join(f"{k}={v}" for k, v in sorted(child.attrib.items()))
-                print(f"management  {name} {attrs}", flush=True)
+                print(f"management  {name} {attrs} (type={msg.xml.get('type') or 'normal'})", flush=True)
 
     def on_roster(iq) -> None:
         for jid, item in iq["roster"]["items"].items():

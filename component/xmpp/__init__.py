@@ -1,13 +1,15 @@
 """The XEP-0114 component: the XMPP adapter around the domain actions.
 
 It parses stanzas into commands, calls the actions, and answers; it also implements
-the outbox dispatcher's Transport (management messages, presence, XEP-0356 roster
-changes, the delivery barrier). It never touches SQL. One module per concern:
+the outbox dispatcher's Transport (management messages, presence, roster changes
+through the configured roster backend, the delivery barrier). It never touches SQL. One module per concern:
 
 - session.py: the connection life cycle, privileges, status, the IQ error boundary;
 - presence_sharing.py (family 1), subscriptions.py (family 2), device_sharing.py
   (family 3): each family's stanza handlers;
-- rosters.py: XEP-0356 roster access, the roster checks, the account checks;
+- rosters.py: the roster checks, the account checks, and `[roster] backend = "xep0356"`
+  (privileged roster IQs); ejabberd_api.py: `backend = "ejabberd_api"` (ejabberd's
+  mod_http_api); the backend behind the dispatcher is chosen in session.py;
 - commands.py: the ad-hoc commands as data; adhoc.py: their XEP-0050 adapter (and
   the reply a message to the service gets); notices.py: the readable text of
   management messages;

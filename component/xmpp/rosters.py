@@ -44,7 +44,8 @@ class RosterAccess(Session):
     def on_user_presence(self, presence: Presence) -> None:
         """A user's availability, which the server forwards with the XEP-0356 presence
         permission: a new resource, or the last one leaving, is when that user's roster
-        is compared with what the service granted (component.rosters)."""
+        is compared with what the service granted (component.rosters). Where the server
+        forwards no unavailable presence (ejabberd 23.01), every available one is."""
         if presence.xml.get("type") not in (None, "unavailable"):
             return
         sender = presence["from"]
@@ -53,7 +54,7 @@ class RosterAccess(Session):
         bare = sender.bare
         resources = self._online.setdefault(bare, set())
         if presence.xml.get("type") is None:
-            if sender.resource in resources:
+            if sender.resource in resources and self.grants.forwards_unavailable(sender.domain):
                 return  # a change of <show/> or <status/>: nothing new
             resources.add(sender.resource)
         else:
@@ -133,10 +134,51 @@ class RosterAccess(Session):
         return True
 
     # ---- Transport for the outbox dispatcher: roster items -----------------------
+    # Whatever `[roster] backend` says (component.rosters.RosterBackend).
 
     async def roster_items(self, owner: str) -> dict[str, RosterItem]:
+        """`owner`'s whole roster, read through the roster backend."""
+        return await self.roster_backend.items(owner)
+
+    async def roster_item(self, owner: str, contact: str) -> RosterItem | None:
+        return (await self.roster_backend.items(owner)).get(contact)
+
+    async def set_roster_item(self, owner: str, item: RosterItem) -> None:
+        await self.roster_backend.set_item(owner, item)
+
+    async def remove_roster_item(self, owner: str, contact: str) -> None:
+        await self.roster_backend.remove_item(owner, contact)
+
+
+class Xep0356Rosters:
+    """`[roster] backend = "xep0356"`: privileged roster IQs (XEP-0356 section 5) on the
+    component's own stream, as the server advertised them (Session.grants)."""
+
+    name = "xep0356"
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @property
+    def status(self) -> str:
+        return self.session.roster_status
+
+    def allowed(self, owner: str) -> bool:
+        return self.session.grants.can_change_roster(jid_domain(BareJid(owner)))
+
+    async def session_started(self) -> None:
+        return None  # the advertisement that follows the handshake decides
+
+    def session_ended(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def items(self, owner: str) -> dict[str, RosterItem]:
         """`owner`'s whole roster, read with the XEP-0356 roster privilege."""
-        iq = privileged_roster_get(self, owner, self.boundjid.bare)
+        session = self.session
+        iq = privileged_roster_get(session, owner, session.boundjid.bare)
         result = await self._roster_iq(owner, iq)
         items = {}
         for item in result.xml.iter(f"{{{NS_ROSTER}}}item"):
@@ -150,17 +192,16 @@ class RosterAccess(Session):
             )
         return items
 
-    async def roster_item(self, owner: str, contact: str) -> RosterItem | None:
-        return (await self.roster_items(owner)).get(contact)
-
-    async def set_roster_item(self, owner: str, item: RosterItem) -> None:
+    async def set_item(self, owner: str, item: RosterItem) -> None:
+        session = self.session
         iq = privileged_roster_set(
-            self, owner, item.jid, item.subscription, item.name, self.boundjid.bare, item.groups
+            session, owner, item.jid, item.subscription, item.name, session.boundjid.bare, item.groups
         )
         await self._roster_iq(owner, iq)
 
-    async def remove_roster_item(self, owner: str, contact: str) -> None:
-        iq = privileged_roster_set(self, owner, contact, "remove", None, self.boundjid.bare)
+    async def remove_item(self, owner: str, contact: str) -> None:
+        session = self.session
+        iq = privileged_roster_set(session, owner, contact, "remove", None, session.boundjid.bare)
         try:
             await self._roster_iq(owner, iq)
         except RosterFailed as exc:
@@ -169,8 +210,9 @@ class RosterAccess(Session):
 
     async def _roster_iq(self, owner: str, iq: Iq) -> Iq:
         """Send a privileged roster IQ (bounded in flight); map the server's answer."""
-        async with self._iq_slots:
-            if not self.session_up:
+        session = self.session
+        async with session._iq_slots:
+            if not session.session_up:
                 raise TransportGone()
             try:
                 return await iq.send(timeout=IQ_TIMEOUT_S)
@@ -179,13 +221,22 @@ class RosterAccess(Session):
             except IqError as exc:
                 if exc.condition in ("forbidden", "not-authorized"):
                     domain = jid_domain(BareJid(owner))
-                    if self.grants.can_change_roster(domain):
-                        self.grants.withdraw_roster(domain)
-                        self._update_roster_status()
+                    if session.grants.can_change_roster(domain):
+                        session.grants.withdraw_roster(domain)
+                        session._update_roster_status()
                         log.warning(
                             "xmpp: %s refused a roster IQ (%s) though it advertised the privilege;"
                             " roster changes for its users wait until it advertises it again",
                             domain, exc.condition,
                         )
                     raise RosterRefused(exc.condition) from exc
+                if exc.condition == "internal-server-error" and session.grants.legacy():
+                    # Measured on ejabberd 23.01: privileged roster sets fail so
+                    # (error.log: module_not_loaded, mod_roster), the stream stays up.
+                    log.warning(
+                        "xmpp: %s failed a privileged roster IQ for %s (internal-server-error);"
+                        " ejabberd before 23.10 (urn:xmpp:privilege:1) cannot change rosters"
+                        " over XEP-0356: set [roster] backend = \"ejabberd_api\"",
+                        jid_domain(BareJid(owner)), owner,
+                    )
                 raise RosterFailed(exc.condition) from exc

@@ -20,19 +20,26 @@ from slixmpp import JID, ComponentXMPP, Iq, Message, Presence
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
-from slixmpp.xmlstream.matcher import StanzaPath
 
 from component.actions import Identity, PresenceSharing
-from component.config import ComponentConfig
+from component.config import ComponentConfig, RosterConfig
 from component.delivery import OutboxDispatcher, TransportGone
 from component.device_sharing import DeviceSharing
 from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, Forbidden, WireError
 from component.logfields import untrusted
-from component.model import BareJid, User, jid_domain, parse_bare_jid
+from component.model import User, parse_bare_jid
+from component.rosters import OFF, UNAVAILABLE, NoRosters, RosterBackend
 from component.subscriptions import PresenceStates
 from component.xmpp import stanzas
 from component.xmpp.notices import management_body
-from component.xmpp.slixfix import PrivilegeGrants, answer_unserved_iqs, detach_roster, management_message
+from component.xmpp.slixfix import (
+    NS_PRIVILEGE_1,
+    PrivilegeAdvertisement,
+    PrivilegeGrants,
+    answer_unserved_iqs,
+    detach_roster,
+    management_message,
+)
 from component.xmpp.stanzas import NS_CONFIGURATION, NS_SHARE
 from storage.outbox import OutboxRow
 
@@ -98,6 +105,7 @@ class Session(ComponentXMPP):
         max_page_size: int = 1000,
         admins: frozenset[str] = frozenset(),
         account_check_s: float = 3600.0,
+        roster_config: RosterConfig | None = None,
     ) -> None:
         # fix_error_ns: without it slixmpp looks for <error/> in jabber:client and
         # reports every error from the server as feature-not-implemented.
@@ -116,6 +124,8 @@ class Session(ComponentXMPP):
         # Set by the composition root: ends consents whose direction a user removed.
         self.rosters: Rosters | None = None
         self.grants = PrivilegeGrants()
+        self.roster_config = roster_config or RosterConfig()
+        self.roster_backend: RosterBackend = self._roster_backend(self.roster_config)
         # Users' online resources, from the presence the server forwards (XEP-0356
         # presence permission): a resource appearing, or the last one leaving, is when
         # the user's roster is compared with what the service granted.
@@ -138,6 +148,7 @@ class Session(ComponentXMPP):
         self._iq_slots = asyncio.Semaphore(config.max_concurrent_iqs)
         self._privileges_complete = asyncio.Event()
         self._roster_warning_logged = False
+        self._legacy_warning_logged = False
         self._presence_warning_logged = False
 
         PrivilegeGrants.register_stanzas()
@@ -154,9 +165,8 @@ class Session(ComponentXMPP):
         # slixmpp's in-memory roster (see slixfix.detach_roster).
         detach_roster(self)
         # Registered before connect(): the advertisement follows the handshake at once.
-        self.register_handler(
-            Callback("xep-0356 privileges", StanzaPath("message/privilege"), self.on_privileges)
-        )
+        # Both namespaces: urn:xmpp:privilege:2 (Prosody) and :1 (ejabberd before 23.10).
+        self.register_handler(Callback("xep-0356 privileges", PrivilegeAdvertisement(), self.on_privileges))
         self.add_event_handler("session_start", self.on_session_start)
         self.add_event_handler("disconnected", self.on_disconnected)
         self.add_event_handler("connection_failed", self.on_connection_failed)
@@ -165,6 +175,23 @@ class Session(ComponentXMPP):
 
     def register_families(self) -> None:
         """Each family's stanza handlers and disco features (see PresenceComponent)."""
+
+    def _roster_backend(self, config: RosterConfig) -> RosterBackend:
+        """`[roster] backend`: the one the outbox dispatcher's roster changes go through."""
+        if config.backend == "ejabberd_api":
+            from component.xmpp.ejabberd_api import EjabberdApiRosters
+
+            return EjabberdApiRosters(config, self.served_domains, self.boundjid.bare, self._roster_backend_granted)
+        if config.backend == "none":
+            return NoRosters()
+        from component.xmpp.rosters import Xep0356Rosters
+
+        return Xep0356Rosters(self)
+
+    def _roster_backend_granted(self) -> None:
+        """The roster backend works (again): rows that waited for it go now."""
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
 
     def on_user_presence(self, presence: Presence) -> None:
         """A user's own availability forwarded to the component (see RosterAccess)."""
@@ -204,6 +231,7 @@ class Session(ComponentXMPP):
         if self.transport is not None:
             await self.disconnect(wait=2)
         self.cancel_connection_attempt()
+        await self.roster_backend.close()
 
     def reschedule_connection_attempt(self):  # type: ignore[override]
         # slixmpp lets its retry delay grow to 300 s; cap it at our configured maximum.
@@ -225,13 +253,22 @@ class Session(ComponentXMPP):
             return
         self.privileges_known = True
         self._update_roster_status()
+        # Checked at start and after every reconnect (ejabberd's API: one call).
+        await self.roster_backend.session_started()
+        if not self.session_up:
+            return
         if self.dispatcher is not None:
             self.dispatcher.wake()
         if self.account_check_s > 0 and (self._account_checker is None or self._account_checker.done()):
             self._account_checker = asyncio.create_task(self._check_accounts(), name="account-checks")
 
     def _update_roster_status(self) -> None:
-        """Decide (again) whether rosters can be changed, and say so once per change."""
+        """Decide (again) whether rosters can be changed over XEP-0356, and say so once
+        per change, with the fix for the server in use."""
+        if self.roster_backend.name != "xep0356":
+            if self.roster_backend.name != "none":
+                self._warn_blind_presence()
+            return
         granted = all(self.grants.can_change_roster(d) for d in self.served_domains)
         previous, self.roster_status = self.roster_status, "granted" if granted else "unavailable"
         if granted:
@@ -240,24 +277,64 @@ class Session(ComponentXMPP):
                     "xmpp: roster privilege (XEP-0356) granted for %s",
                     ", ".join(sorted(self.served_domains)),
                 )
-            blind = sorted(d for d in self.served_domains if not self.grants.sees_presence(d))
-            if blind and not self._presence_warning_logged:
-                self._presence_warning_logged = True
+            self._warn_blind_presence()
+            if self.grants.legacy() and not self._legacy_warning_logged:
+                self._legacy_warning_logged = True
                 log.warning(
-                    "xmpp: the server forwards no presence of %s's users (XEP-0356 presence"
-                    " permission); a contact a user removes in a client is not noticed and its"
-                    " consent stays (grant presence = \"managed_entity\" to the component)",
-                    ", ".join(blind),
+                    "xmpp: the server advertises XEP-0356 as urn:xmpp:privilege:1 (ejabberd before"
+                    " 23.10), whose privileged roster sets fail (ejabberd 23.01: internal-server-error);"
+                    " set [roster] backend = \"ejabberd_api\" (README, \"ejabberd\")",
                 )
         elif not self._roster_warning_logged:
             self._roster_warning_logged = True
             missing = sorted(d for d in self.served_domains if not self.grants.can_change_roster(d))
             log.warning(
                 "xmpp: the server grants no XEP-0356 roster privilege (read and write) for %s;"
-                " roster changes wait in the outbox until it does (grant roster = \"both\" to"
-                " %s in the server's privileged_entities)",
-                ", ".join(missing), self.boundjid.bare,
+                " roster changes wait in the outbox until it does (%s)",
+                ", ".join(missing), self._roster_fix(),
             )
+
+    def _server_kind(self) -> str:
+        """"ejabberd", "prosody" or "" (unknown), from how the server advertised XEP-0356:
+        ejabberd before 23.10 in urn:xmpp:privilege:1, Prosody's mod_privilege in :2."""
+        namespaces = set(self.grants.namespace.values())
+        if NS_PRIVILEGE_1 in namespaces:
+            return "ejabberd"
+        if namespaces:
+            return "prosody"
+        return ""
+
+    def _roster_fix(self) -> str:
+        jid = self.boundjid.bare
+        prosody = f'Prosody: grant roster = "both" to {jid} in the VirtualHost\'s privileged_entities'
+        ejabberd = (
+            f'ejabberd: set [roster] backend = "ejabberd_api" (23.01), or, from 23.10, mod_privilege'
+            f" roster: both: an access rule (not an ACL) that allows {jid}"
+        )
+        return {"prosody": prosody, "ejabberd": ejabberd}.get(self._server_kind(), f"{prosody}; {ejabberd}")
+
+    def _warn_blind_presence(self) -> None:
+        if self._presence_warning_logged:
+            return
+        blind = sorted(d for d in self.served_domains if not self.grants.sees_presence(d))
+        if not blind:
+            return
+        self._presence_warning_logged = True
+        jid = self.boundjid.bare
+        fix = {
+            "prosody": f'grant presence = "managed_entity" to {jid} in privileged_entities',
+            "ejabberd": f"mod_privilege presence: managed_entity: an access rule that allows {jid}",
+        }.get(
+            self._server_kind(),
+            f'Prosody: presence = "managed_entity" in privileged_entities; ejabberd: mod_privilege'
+            f" presence: managed_entity: an access rule that allows {jid}",
+        )
+        log.warning(
+            "xmpp: the server forwards no presence of %s's users (XEP-0356 presence"
+            " permission); a contact a user removes in a client is not noticed and its"
+            " consent stays (%s)",
+            ", ".join(blind), fix,
+        )
 
     def on_privileges(self, msg: Message) -> None:
         sender = msg["from"]
@@ -298,6 +375,7 @@ class Session(ComponentXMPP):
         self.session_up = False
         self.privileges_known = False
         self.grants.clear()
+        self.roster_backend.session_ended()
         self._privileges_complete.clear()
         self._online.clear()  # the server sends every session's presence again on connect
         if self._closing:
@@ -332,10 +410,12 @@ class Session(ComponentXMPP):
     # ---- status -------------------------------------------------------------
 
     def status(self) -> dict[str, str]:
-        return {
-            "xmpp": "connected" if self.session_up else "disconnected",
-            "roster": self.roster_status if self.privileges_known else "unavailable",
-        }
+        backend = self.roster_backend
+        if backend.status == OFF:
+            roster = OFF
+        else:
+            roster = backend.status if self.privileges_known else UNAVAILABLE
+        return {"xmpp": "connected" if self.session_up else "disconnected", "roster": roster}
 
     # ---- inbound stanzas: who calls, and how errors are answered --------------
 
@@ -368,10 +448,15 @@ class Session(ComponentXMPP):
 
     @property
     def roster_ready(self) -> bool:
-        return self.ready and self.roster_status == "granted"
+        return self.ready and self.roster_backend.status == "granted"
+
+    @property
+    def rosters_off(self) -> bool:
+        """`[roster] backend = "none"`: roster rows are dropped, not applied."""
+        return self.roster_backend.status == OFF
 
     def roster_allowed(self, owner: str) -> bool:
-        return self.grants.can_change_roster(jid_domain(BareJid(owner)))
+        return self.roster_backend.allowed(owner)
 
     def send_management(self, row: OutboxRow) -> None:
         msg = management_message(

@@ -10,9 +10,15 @@ from slixmpp.plugins.xep_0356 import stanza as privilege_stanza
 from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
+from slixmpp.xmlstream.matcher.base import MatcherBase
 
 NS_ROSTER = "jabber:iq:roster"
 NS_PRIVILEGE = "urn:xmpp:privilege:2"
+# XEP-0356 before version 0.4 (ejabberd up to 23.04, Debian 12's 23.01): the same
+# <privilege><perm access= type=/></privilege> advertisement in its own namespace, which
+# slixmpp's plugin does not read. Both are read (PrivilegeGrants.update).
+NS_PRIVILEGE_1 = "urn:xmpp:privilege:1"
+PRIVILEGE_NAMESPACES = (NS_PRIVILEGE, NS_PRIVILEGE_1)
 
 
 def management_message(xmpp, mto: str, mfrom: str, msg_id: str, mtype: str = "management") -> Message:
@@ -76,29 +82,62 @@ def privileged_roster_get(xmpp, owner: str, ifrom: str) -> Iq:
     return iq
 
 
+class PrivilegeAdvertisement(MatcherBase):
+    """Matches a `<message/>` carrying a XEP-0356 `<privilege/>` in either namespace.
+    slixmpp's StanzaPath("message/privilege") knows only `urn:xmpp:privilege:2`."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    def match(self, xml) -> bool:  # type: ignore[override]
+        element = xml.xml
+        if not element.tag.endswith("}message"):
+            return False
+        return any(element.find(f"{{{ns}}}privilege") is not None for ns in PRIVILEGE_NAMESPACES)
+
+
 class PrivilegeGrants:
     """Roster and presence grants the server advertised (XEP-0356 section 4), per
-    served domain."""
+    served domain, and in which namespace each domain advertised them."""
 
     def __init__(self) -> None:
         self.roster: dict[str, str] = {}
         self.presence: dict[str, str] = {}
+        self.namespace: dict[str, str] = {}
 
     @staticmethod
     def register_stanzas() -> None:
         privilege_stanza.register()
 
     def update(self, msg: Message) -> str | None:
-        """Record an advertisement; returns the domain it came from."""
+        """Record an advertisement (`urn:xmpp:privilege:2` or `:1`, read from the XML
+        itself); returns the domain it came from."""
         domain = JID(msg["from"]).domain
         self.roster[domain] = "none"
         self.presence[domain] = "none"
-        for perm in msg["privilege"]["perms"]:
-            if perm["access"] == "roster":
-                self.roster[domain] = perm["type"] or "none"
-            elif perm["access"] == "presence":
-                self.presence[domain] = perm["type"] or "none"
+        for ns in PRIVILEGE_NAMESPACES:
+            privilege = msg.xml.find(f"{{{ns}}}privilege")
+            if privilege is None:
+                continue
+            self.namespace[domain] = ns
+            for perm in privilege.iter(f"{{{ns}}}perm"):
+                if perm.get("access") == "roster":
+                    self.roster[domain] = perm.get("type") or "none"
+                elif perm.get("access") == "presence":
+                    self.presence[domain] = perm.get("type") or "none"
+            break
         return domain
+
+    def forwards_unavailable(self, domain: str) -> bool:
+        """Whether the server tells the component when a user's resource goes. ejabberd
+        23.01 (urn:xmpp:privilege:1, presence managed_entity) forwards a user's available
+        presence, never the unavailable one a disconnect makes (measured): there every
+        available presence is taken as a (possibly new) session."""
+        return self.namespace.get(domain) != NS_PRIVILEGE_1
+
+    def legacy(self) -> bool:
+        """Some domain advertised in `urn:xmpp:privilege:1` (ejabberd before 23.10)."""
+        return NS_PRIVILEGE_1 in self.namespace.values()
 
     def can_change_roster(self, domain: str) -> bool:
         """Read and write: the service reads an item before changing one direction of it."""
@@ -115,6 +154,7 @@ class PrivilegeGrants:
     def clear(self) -> None:
         self.roster.clear()
         self.presence.clear()
+        self.namespace.clear()
 
 
 _ROSTER_PRESENCE_EVENTS = {

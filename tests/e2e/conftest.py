@@ -1,7 +1,18 @@
-"""End-to-end fixtures: a real Prosody on loopback, the real service, real clients.
+"""End-to-end fixtures: a real Prosody (and a real ejabberd) on loopback, the real
+service, real clients.
 
 Nothing here stands in for the XMPP server or the database. Ports are chosen
 free at run time; every server a fixture starts, it stops.
+
+- `xmpp_server` (function): the server a test runs against: the shared Prosody, or,
+  for a test marked `@both_servers`, each of the shared Prosody and the shared ejabberd
+  in turn (one test, two runs: `[prosody]`, `[ejabberd]`). The fixtures below that
+  take a server (`service`, `xmpp_users`, `ensure_server_up`, `clean_rosters`) take
+  this one. Against ejabberd the service runs with `[roster] backend = "ejabberd_api"`.
+- `ejabberd` (session): Debian's ejabberd 23.01 as a private node
+  (scripts/local_ejabberd.py): config, spool and logs in a temp folder, c2s,
+  component and mod_http_api listeners on free loopback ports, its own node name and
+  distribution port (no epmd), the same users; stopped at the end of the session.
 
 - `prosody` (session): a throwaway Prosody 0.12 with mod_privilege granting the
   component roster "both" and presence "managed_entity"; users alice, bob, carol and
@@ -57,6 +68,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
+from local_ejabberd import LocalEjabberd, ensure_ejabberd_installed  # noqa: E402
 from local_prosody import LocalProsody, ensure_prosody_installed, free_port  # noqa: E402
 
 from component.__main__ import Service  # noqa: E402
@@ -143,6 +155,53 @@ def prosody() -> Iterator[LocalProsody]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# ---- ejabberd, and the choice of server ---------------------------------------------------
+
+# Either server: both have c2s_port, component_port, start(), stop(), is_running(), register().
+XmppServer = LocalProsody | LocalEjabberd
+SERVERS = ("prosody", "ejabberd")
+# The core scenarios run against each server: `@both_servers` on the test.
+both_servers = pytest.mark.parametrize("xmpp_server", SERVERS, indirect=True)
+
+
+def start_ejabberd() -> tuple[LocalEjabberd, Path]:
+    """A started LocalEjabberd with the same users as `start_prosody`, in its own folder."""
+    ensure_ejabberd_installed()
+    workdir = Path(tempfile.mkdtemp(prefix="e2e-ejabberd-"))
+    server = LocalEjabberd(
+        workdir / "node",
+        domain=DOMAIN,
+        component_jid=COMPONENT,
+        component_secret=SECRET,
+        extra_domains=(OTHER_DOMAIN,),
+    )
+    try:
+        for name, password in PASSWORDS.items():
+            server.register(name, password, jid(name).partition("@")[2])
+        server.start()
+    except BaseException:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return server, workdir
+
+
+@pytest.fixture(scope="session")
+def ejabberd() -> Iterator[LocalEjabberd]:
+    server, workdir = start_ejabberd()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def xmpp_server(request: pytest.FixtureRequest) -> XmppServer:
+    """The shared Prosody, or the server `@both_servers` names for this run."""
+    return request.getfixturevalue(getattr(request, "param", "prosody"))
+
+
 @pytest.fixture
 def unprivileged_prosody() -> Iterator[LocalProsody]:
     """A Prosody of its own whose component gets no privilege (privileged_entities omitted)."""
@@ -166,7 +225,7 @@ def tls_prosody() -> Iterator[LocalProsody]:
 
 
 @pytest.fixture(autouse=True)
-async def clean_rosters(prosody: LocalProsody) -> AsyncIterator[None]:
+async def clean_rosters(xmpp_server: XmppServer) -> AsyncIterator[None]:
     """Leave every roster of the shared Prosody empty after each test.
 
     Autouse, so set up first and torn down last: after the test's services and
@@ -176,10 +235,10 @@ async def clean_rosters(prosody: LocalProsody) -> AsyncIterator[None]:
     no service sees them come online.
     """
     yield
-    if not prosody.is_running():
+    if not xmpp_server.is_running():
         return
     for name in PASSWORDS:
-        user = XmppUser(name, prosody, resource="cleanup")
+        user = XmppUser(name, xmpp_server, resource="cleanup")
         await user.connect(available=False)
         try:
             for contact in await user.roster():
@@ -189,21 +248,32 @@ async def clean_rosters(prosody: LocalProsody) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-def ensure_prosody_up(prosody: LocalProsody) -> LocalProsody:
+def ensure_server_up(xmpp_server: XmppServer) -> XmppServer:
     """A test that stops the shared server must not leave it down for the next one."""
-    if not prosody.is_running():
-        prosody.start()
-    return prosody
+    if not xmpp_server.is_running():
+        xmpp_server.start()
+    return xmpp_server
+
+
+@pytest.fixture
+def ensure_prosody_up(ensure_server_up: XmppServer) -> XmppServer:
+    """`ensure_server_up`, by the name of the tests that run on Prosody only."""
+    return ensure_server_up
 
 
 # ---- the service ----------------------------------------------------------------------
 
 
 def service_config(
-    server: LocalProsody, db_path: Path, http_port: int, auth: dict[str, Any] | None = None, **component: Any
+    server: XmppServer, db_path: Path, http_port: int, auth: dict[str, Any] | None = None, **component: Any
 ) -> dict[str, Any]:
-    """The raw config (TOML-shaped) of a service attached to `server`; `auth` adds [auth] keys."""
-    return {
+    """The raw config (TOML-shaped) of a service attached to `server`; `auth` adds [auth] keys.
+    On ejabberd (23.01) rosters go through its HTTP API: `[roster] backend = "ejabberd_api"`."""
+    roster = (
+        {"roster": {"backend": "ejabberd_api", "ejabberd_api_url": server.api_url}}
+        if isinstance(server, LocalEjabberd) else {}
+    )
+    return roster | {
         "component": {
             "jid": COMPONENT,
             "secret": SECRET,
@@ -284,7 +354,7 @@ async def make_service(tmp_path: Path, xmpp_users) -> AsyncIterator[ServiceFacto
     started: list[Service] = []
 
     async def make(
-        server: LocalProsody,
+        server: XmppServer,
         roster: str = "granted",
         auth: dict[str, Any] | None = None,
         sections: dict[str, dict[str, Any]] | None = None,
@@ -308,8 +378,8 @@ async def make_service(tmp_path: Path, xmpp_users) -> AsyncIterator[ServiceFacto
 
 
 @pytest.fixture
-async def service(make_service: ServiceFactory, ensure_prosody_up: LocalProsody) -> RunningService:
-    return await make_service(ensure_prosody_up)
+async def service(make_service: ServiceFactory, ensure_server_up: XmppServer) -> RunningService:
+    return await make_service(ensure_server_up)
 
 
 class AdjustableClock(Clock):
@@ -378,20 +448,23 @@ async def smtp_server() -> AsyncIterator[SmtpSink]:
 
 @dataclass(frozen=True)
 class Management:
-    """One `<message type='management'/>` as a client saw it."""
+    """One `<message type='management'/>` as a client saw it, recognised by its
+    `<presencehandshake/>` child: ejabberd rewrites the type to `normal` (the type on
+    the wire is asserted in the stanza tier)."""
 
     sender: str  # the message's from (bare)
-    type: str | None  # the message's type attribute
+    type: str | None = field(compare=False)  # the message's type attribute, as the server left it
     handshake: dict[str, str]  # the <presencehandshake/> attributes
     body: str | None = field(default=None, compare=False)  # the readable text, if any
 
 
 @dataclass(frozen=True)
 class SharingMessage:
-    """One `<message type='management'/>` carrying `<devicesharing/>` (family 3)."""
+    """One `<message type='management'/>` carrying `<devicesharing/>` (family 3),
+    recognised by that child (the type is not compared: ejabberd makes it `normal`)."""
 
     sender: str  # the message's from (bare)
-    type: str | None  # the message's type attribute
+    type: str | None = field(compare=False)  # the message's type attribute, as the server left it
     attrs: dict[str, str]  # the <devicesharing/> attributes
     body: str | None = field(default=None, compare=False)  # the readable text, if any
 
@@ -411,7 +484,7 @@ class ExtensionPresence:
 class XmppUser:
     """A real XMPP client (slixmpp) logged in to Prosody with plaintext SASL on loopback."""
 
-    def __init__(self, name: str, server: LocalProsody, resource: str = "e2e") -> None:
+    def __init__(self, name: str, server: XmppServer, resource: str = "e2e") -> None:
         self.name = name
         self.jid = jid(name)
         self.server = server
@@ -690,6 +763,15 @@ def _body(msg: slixmpp.Message) -> str | None:
     return msg.xml.findtext("{jabber:client}body")
 
 
+def removal_pushes(server: XmppServer, contact: str) -> list[tuple[str, str]]:
+    """The roster pushes a user's client sees when the service removes `contact` from its
+    roster: the removal; behind ejabberd's API the cleared subscription first (see
+    component/xmpp/ejabberd_api.py, `remove_item`)."""
+    if isinstance(server, LocalEjabberd):
+        return [(contact, "none"), (contact, "remove")]
+    return [(contact, "remove")]
+
+
 def handshake_of(answer: slixmpp.Iq) -> dict[str, str]:
     """The <presencehandshake/> attributes of a result (asserting it is one)."""
     assert answer["type"] == "result", f"expected a result, got {answer}"
@@ -711,12 +793,13 @@ def management(handshake_id: str, action: str, side: str, status: str) -> Manage
 
 
 @pytest.fixture
-async def xmpp_users(prosody: LocalProsody) -> AsyncIterator[Callable[..., Awaitable[XmppUser]]]:
-    """Factory for connected clients; every one is disconnected at teardown."""
+async def xmpp_users(xmpp_server: XmppServer) -> AsyncIterator[Callable[..., Awaitable[XmppUser]]]:
+    """Factory for connected clients (on `xmpp_server` unless told); every one is
+    disconnected at teardown."""
     made: list[XmppUser] = []
 
-    async def connect(name: str, server: LocalProsody | None = None) -> XmppUser:
-        user = XmppUser(name, server or prosody)
+    async def connect(name: str, server: XmppServer | None = None) -> XmppUser:
+        user = XmppUser(name, server or xmpp_server)
         made.append(user)
         return await user.connect()
 
@@ -923,7 +1006,7 @@ class ServiceProcess:
 class ServiceProcesses:
     """Successive service processes on one config and database (SIGKILL/restart tests)."""
 
-    def __init__(self, prosody: LocalProsody, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    def __init__(self, prosody: XmppServer, tmp_path: Path, http: aiohttp.ClientSession) -> None:
         port = free_port()
         self.tmp_path = tmp_path
         self.db_path = tmp_path / "presence.sqlite3"
@@ -946,9 +1029,9 @@ class ServiceProcesses:
 
 @pytest.fixture
 async def service_processes(
-    ensure_prosody_up: LocalProsody, tmp_path: Path, http: aiohttp.ClientSession
+    ensure_server_up: XmppServer, tmp_path: Path, http: aiohttp.ClientSession
 ) -> AsyncIterator[ServiceProcesses]:
-    rig = ServiceProcesses(ensure_prosody_up, tmp_path, http)
+    rig = ServiceProcesses(ensure_server_up, tmp_path, http)
     yield rig
     for proc in rig.procs:
         await proc.stop()

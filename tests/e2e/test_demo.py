@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
 import signal
 import socket
 import stat
+import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -64,6 +66,45 @@ async def test_run_sh_brings_the_demo_up_with_private_files_and_stops_everything
     # Ctrl-C stopped Prosody, the mailbox and the service: nothing listens any more.
     for name in ("C2S_PORT", "COMPONENT_PORT", "HTTP_PORT", "SMTP_PORT"):
         assert not listening(int(env[name])), name
+
+
+async def test_run_sh_with_xmpp_server_ejabberd_runs_the_demo_on_ejabberd(tmp_path: Path) -> None:
+    """`XMPP_SERVER=ejabberd bash scripts/run.sh`: the same demo on ejabberd 23.01, rosters
+    through its HTTP API; run twice on one .demo/ (the users are there already).
+
+    The demo folder is made with `tempfile`, traversable: ejabberdctl runs the node as the
+    `ejabberd` user, which cannot enter pytest's 0700 base folder."""
+    top = Path(tempfile.mkdtemp(prefix="e2e-demo-"))
+    top.chmod(0o711)
+    demo = top / "demo"
+    env = demo_env(demo) | {"XMPP_SERVER": "ejabberd", "API_PORT": str(free_port()), "DIST_PORT": str(free_port())}
+    for run in (1, 2):
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "scripts/run.sh", cwd=str(REPO), env=env, start_new_session=True,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=open(tmp_path / f"run-{run}.log", "wb"),  # noqa: SIM115 - closed with the process
+        )
+        base = f"http://127.0.0.1:{env['HTTP_PORT']}"
+        try:
+            await wait_for_health(base, lambda s, b: s == 200 and b.get("roster") == "granted", timeout=120)
+            async with aiohttp.ClientSession() as http:
+                basic = base64.b64encode(b"bob@example.test:bob-password").decode()
+                async with http.get(
+                    f"{base}/api/rainbow/authentication/v1.0/login", headers={"Authorization": f"Basic {basic}"}
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+            assert 'backend = "ejabberd_api"' in (demo / "config.toml").read_text()
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+                raise
+        for name in ("C2S_PORT", "COMPONENT_PORT", "HTTP_PORT", "SMTP_PORT", "API_PORT", "DIST_PORT"):
+            assert not listening(int(env[name])), (run, name)
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def listening(port: int) -> bool:

@@ -33,6 +33,7 @@ from slixmpp.xmlstream import ET
 
 from local_prosody import LocalProsody
 from tests.e2e.conftest import (
+    both_servers,
     COMPONENT,
     ISO_MS,
     NS_SHARE,
@@ -231,6 +232,7 @@ def deviceshare_of(answer: Any) -> dict[str, str]:
 # ---- (1) app: accept gives the device's presence, cancel revokes it ------------------------------
 
 
+@both_servers
 async def test_app_share_accepted_gives_presence_and_cancel_revokes_it(
     api: RestApi, world: World, alice: XmppUser, bob: XmppUser, carol: XmppUser
 ) -> None:

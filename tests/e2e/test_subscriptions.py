@@ -30,6 +30,7 @@ from slixmpp.xmlstream import ET
 from local_prosody import LocalProsody
 from storage import Conn
 from tests.e2e.conftest import (
+    both_servers,
     ADMIN_TOKEN,
     COMPONENT,
     DOMAIN,
@@ -202,6 +203,7 @@ def sequences(data: dict[str, Any]) -> dict[tuple[str, str], tuple[int, str]]:
 # ---- subscribe, list, change state -------------------------------------------------------
 
 
+@both_servers
 async def test_subscribe_lists_and_state_changes_reach_the_subscriber_in_order(
     api: RestApi, alice: XmppUser, tenant: Tenant
 ) -> None:

@@ -24,13 +24,15 @@ from stanza_rig import COMPONENT, Wire, iq, same_xml, xml_text
 NS = "jabber:iq:configuration"
 
 
-def privileges(domain: str, roster: str | None) -> str:
+def privileges(domain: str, roster: str | None, ns: str = "urn:xmpp:privilege:2", presence: str | None = None) -> str:
     perms = "<perm access='message' type='outgoing'/>"
     if roster is not None:
         perms = f"<perm access='roster' type='{roster}'/>" + perms
+    if presence is not None:
+        perms += f"<perm access='presence' type='{presence}'/>"
     return (
         f"<message from='{domain}' to='{COMPONENT}' id='adv1'>"
-        f"<privilege xmlns='urn:xmpp:privilege:2'>{perms}</privilege></message>"
+        f"<privilege xmlns='{ns}'>{perms}</privilege></message>"
     )
 
 
@@ -364,3 +366,109 @@ def test_an_unreachable_server_is_logged_at_each_attempt(
         " retrying within 3600 s"
         for n in (1, 2)
     ]
+
+
+# ---- servers and rosters: both XEP-0356 namespaces, the backends, the warnings ------------
+
+LEGACY = "urn:xmpp:privilege:1"  # what ejabberd 23.01 advertises
+
+
+async def test_an_advertisement_in_privilege_1_is_read_too(comp: PresenceComponent, wire: Wire) -> None:
+    """ejabberd before 23.10 advertises XEP-0356 in urn:xmpp:privilege:1."""
+    wire.feed(privileges("example.test", "both", ns=LEGACY, presence="managed_entity"))
+    assert comp.roster_allowed("alice@example.test") is True
+    assert comp.grants.sees_presence("example.test")
+    await comp.on_session_start(None)
+    assert comp.status() == {"xmpp": "connected", "roster": "granted"}
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("ns", "names", "not_named"),
+    [
+        ("urn:xmpp:privilege:2", "privileged_entities", "ejabberd"),
+        (LEGACY, 'backend = "ejabberd_api"', "privileged_entities"),
+    ],
+)
+async def test_the_missing_privilege_warning_names_the_fix_for_the_server_in_use(
+    comp: PresenceComponent, wire: Wire, caplog: pytest.LogCaptureFixture, ns: str, names: str, not_named: str
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="component.xmpp"):
+        wire.feed(privileges("example.test", None, ns=ns))
+        await comp.on_session_start(None)
+    [line] = [w for w in warnings_of(caplog) if "grants no XEP-0356 roster privilege" in w]
+    assert names in line and not_named not in line, line
+
+
+async def test_without_any_advertisement_the_warning_names_both_servers_fixes(
+    configured, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+) -> None:
+    comp, _wire = configured(privilege_wait_s=0.01)
+    with caplog.at_level(logging.WARNING, logger="component.xmpp"):
+        await comp.on_session_start(None)
+    [line] = [w for w in warnings_of(caplog) if "grants no XEP-0356 roster privilege" in w]
+    assert "privileged_entities" in line and 'backend = "ejabberd_api"' in line, line
+    await comp.close()
+
+
+async def test_privilege_1_roster_grant_warns_that_its_roster_sets_fail(
+    comp: PresenceComponent, wire: Wire, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="component.xmpp"):
+        wire.feed(privileges("example.test", "both", ns=LEGACY, presence="managed_entity"))
+        await comp.on_session_start(None)
+    assert any("urn:xmpp:privilege:1" in w and 'backend = "ejabberd_api"' in w for w in warnings_of(caplog))
+
+
+async def test_backend_none_is_off_and_its_roster_rows_are_dropped(
+    config: ComponentConfig, identity: Identity, sharing: PresenceSharing, states: PresenceStates,
+    device_sharing: DeviceSharing, db: Database,
+) -> None:
+    from component.config import RosterConfig
+
+    comp = PresenceComponent(
+        config, identity, sharing, states, device_sharing, roster_config=RosterConfig(backend="none")
+    )
+    wire = Wire(comp)
+    assert comp.status() == {"xmpp": "disconnected", "roster": "off"}
+    await start_session(comp, wire, "both")  # whatever the server grants
+    assert comp.status() == {"xmpp": "connected", "roster": "off"}
+    assert comp.roster_allowed("alice@example.test") is False
+    assert comp.rosters_off and not comp.roster_ready
+
+    async def rows(tx) -> None:  # noqa: ANN001
+        await outbox.add(tx, "roster", "alice@example.test", {"jid": "bob@example.test", "direction": "to", "op": "add"}, 1)
+        await outbox.add(tx, "message", "alice@example.test", HANDSHAKE_ROW.payload, 1)
+
+    await db.write(rows)
+    dispatcher = OutboxDispatcher(db, comp)
+    draining = asyncio.ensure_future(dispatcher.drain())
+    sent = await wire.nth(0)
+    assert sent.xml.find(f"{{{NS}}}presencehandshake") is not None  # the message; no roster IQ
+    ping = await wire.nth(1)
+    assert ping.xml.find("{urn:xmpp:ping}ping") is not None
+    wire.feed(f"<iq type='result' id='{ping['id']}' from='example.test' to='{COMPONENT}'/>")
+    await asyncio.wait_for(draining, 5)
+    assert await outbox.count(db.reader) == 0
+    await comp.close()
+
+
+@pytest.mark.parametrize(("ns", "checks"), [("urn:xmpp:privilege:2", 1), (LEGACY, 2)])
+async def test_where_no_unavailable_presence_is_forwarded_every_available_one_checks_the_roster(
+    comp: PresenceComponent, wire: Wire, ns: str, checks: int
+) -> None:
+    """ejabberd 23.01 forwards a user's available presence, not the unavailable one of a
+    disconnect: the same resource coming back is a new session there."""
+    checked: list[str] = []
+    comp.check_roster = checked.append  # type: ignore[method-assign]
+    wire.feed(privileges("example.test", "both", ns=ns, presence="managed_entity"))
+    for _ in range(2):
+        wire.feed(f"<presence from='alice@example.test/phone' to='{COMPONENT}'/>")
+    wire.feed(f"<presence from='carol@example.test/desk' to='{COMPONENT}'/>")  # handled after alice's
+    async with asyncio.timeout(5):
+        while "carol@example.test" not in checked:
+            await asyncio.sleep(0.01)
+    assert checked == ["alice@example.test"] * checks + ["carol@example.test"]

@@ -266,6 +266,8 @@ def test_the_example_config_loads_and_documents_every_key() -> None:
         ("sharing", "max_expire_s", 0, "from 1 to"),
         ("logging", "level", "LOUD", "one of DEBUG, INFO, WARNING, ERROR"),
         ("storage", "path", "", "non-empty"),
+        ("roster", "backend", "prosody", "one of xep0356, ejabberd_api, none"),
+        ("roster", "ejabberd_api_timeout_s", 0, "from 0.1 to 600"),
     ],
 )
 def test_values_out_of_range_are_refused_by_name(section: str, key: str, value: Any, says: str) -> None:
@@ -276,6 +278,22 @@ def test_values_out_of_range_are_refused_by_name(section: str, key: str, value: 
 def test_reconnect_min_may_not_exceed_reconnect_max() -> None:
     with pytest.raises(ConfigError, match="reconnect_min_s must not be more than reconnect_max_s"):
         parse_config(with_section("component", reconnect_min_s=10, reconnect_max_s=5))
+
+
+def test_the_roster_backend_and_its_api_keys() -> None:
+    config = parse_config(MINIMAL, env={})
+    assert config.roster.backend == "xep0356"
+    config = parse_config(
+        with_section("roster", backend="ejabberd_api", ejabberd_api_url="http://127.0.0.1:5443/api"), env={}
+    )
+    assert (config.roster.backend, config.roster.ejabberd_api_url) == ("ejabberd_api", "http://127.0.0.1:5443/api")
+    with pytest.raises(ConfigError, match=r"\[roster\] ejabberd_api_url must be an http"):
+        parse_config(with_section("roster", backend="ejabberd_api", ejabberd_api_url="127.0.0.1:5281"), env={})
+    with pytest.raises(ConfigError, match=r"ejabberd_api_user and ejabberd_api_password go together"):
+        parse_config(with_section("roster", ejabberd_api_user="admin@example.test"), env={})
+    env = {"PRESENCE_ROSTER_EJABBERD_API_PASSWORD": "api-pw"}
+    config = parse_config(with_section("roster", ejabberd_api_user="admin@example.test"), env=env)
+    assert config.roster.ejabberd_api_password == "api-pw"
 
 
 def test_implicit_tls_and_starttls_are_exclusive() -> None:

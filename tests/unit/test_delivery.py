@@ -33,6 +33,8 @@ class FakeTransport:
         self.fail: set[str] = set()  # owners whose roster IQs fail for good
         self.reads = 0
 
+    rosters_off = False
+
     @property
     def roster_ready(self) -> bool:
         return self.roster
