@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install PostgreSQL (server binaries: initdb, pg_ctl, postgres) via apt when missing.
 # The tests start a private cluster of their own (scripts/local_postgres.py); the
-# Debian package's system cluster is kept from starting (policy-rc.d) and, if it
-# runs anyway, stopped. Idempotent; silent when everything is already installed.
+# Debian package's system cluster is kept from starting (policy-rc.d,
+# scripts/apt-install.sh) and, if it runs anyway, stopped. Idempotent; silent when everything is already installed.
 set -euo pipefail
+source "$(dirname "$0")/apt-install.sh"
 
 # The newest installed major version's binaries (Debian bookworm ships 15).
 find_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
@@ -13,37 +14,14 @@ if [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] && [ -
   exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then
-    SUDO="sudo"
-  else
-    echo "install-postgres.sh: postgresql missing and not root (no sudo)" >&2
-    exit 1
-  fi
-fi
-
-echo "install-postgres.sh: installing postgresql" >&2
-# Keep packaged services from starting during the install (invoke-rc.d honours it).
-POLICY=/usr/sbin/policy-rc.d
-ADDED_POLICY=""
-if [ ! -e "$POLICY" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
-  $SUDO chmod +x "$POLICY"
-  ADDED_POLICY=1
-fi
-$SUDO apt-get update
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
-if [ -n "$ADDED_POLICY" ]; then
-  $SUDO rm -f "$POLICY"
-fi
+apt_install install-postgres.sh postgresql
 # Should a system cluster have started anyway, stop it: tests use their own.
 if command -v pg_ctlcluster >/dev/null 2>&1; then
   for cluster in /etc/postgresql/*/*; do
     [ -d "$cluster" ] || continue
     version=$(basename "$(dirname "$cluster")")
     name=$(basename "$cluster")
-    $SUDO pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
+    as_root pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
   done
 fi
 
