@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/apt-install.sh"
 
 # The newest installed major version's binaries (Debian bookworm ships 15).
-find_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+find_bin() { { ls -d /usr/lib/postgresql/*/bin 2>/dev/null || true; } | sort -V | tail -n 1; }
 PG_BIN=${PG_BIN:-$(find_bin)}
 
 if [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] && [ -x "$PG_BIN/postgres" ]; then
