@@ -8,7 +8,7 @@ Stdlib only (Python 3.11). Usable as a module::
         url = pg.create_database("presence")      # postgresql://postgres@127.0.0.1:PORT/presence
         ...
 
-and as a CLI (a cluster for the demo or a benchmark; Ctrl-C stops and removes it)::
+and as a CLI (a cluster for the demo or a benchmark; Ctrl-C or SIGTERM stops and removes it)::
 
     python scripts/local_postgres.py up --dir /tmp/pg --database presence
 
@@ -222,7 +222,14 @@ class LocalPostgres:
         return f"LocalPostgres(root={str(self.root)!r}, port={self.port})"
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
+    # SIGTERM stops it as Ctrl-C does (a supervisor, or a shell that ignores SIGINT in
+    # background jobs): the cluster is stopped, not left running without its owner.
+    signal.signal(signal.SIGTERM, _interrupt)
     root = Path(args.dir)
     with LocalPostgres(root) as pg:
         url = pg.create_database(args.database) if args.database else pg.url
