@@ -45,6 +45,7 @@ __all__ = [
 
 PROSODY_MODULES_DIR = "/usr/lib/prosody/modules"
 MOD_PRIVILEGE_PATH = PROSODY_MODULES_DIR + "/mod_privilege/mod_privilege.lua"
+INSTALL_SCRIPT = Path(__file__).resolve().parent / "install-prosody.sh"
 DEFAULT_SECRET = "local-component-secret"
 
 
@@ -81,32 +82,20 @@ def _prosody_missing() -> list[str]:
 
 
 def ensure_prosody_installed() -> None:
-    """Install prosody + prosody-modules via apt-get when missing.
-
-    No-op (and silent) when both are present.  Requires root when something
-    is missing; raises LocalProsodyError otherwise.
-    """
+    """Run scripts/install-prosody.sh when prosody or prosody-modules is missing (root,
+    or sudo, needed then; the packaged service is kept from starting). No-op (and
+    silent) when both are present."""
     missing = _prosody_missing()
     if not missing:
         return
-    if os.geteuid() != 0:
-        raise LocalProsodyError(
-            f"missing {', '.join(missing)} (need /usr/bin/prosody and {MOD_PRIVILEGE_PATH}); "
-            "run as root, or: sudo apt-get update && sudo apt-get install -y prosody prosody-modules"
-        )
-    if shutil.which("apt-get") is None:
-        raise LocalProsodyError("apt-get not found: install prosody and prosody-modules manually")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _log(f"missing {', '.join(missing)}: running apt-get update")
-    subprocess.run(["apt-get", "update"], check=True, env=env)
-    _log("running apt-get install -y prosody prosody-modules")
-    subprocess.run(["apt-get", "install", "-y", "prosody", "prosody-modules"], check=True, env=env)
-    # The Debian package starts a system-wide prosody service; it uses the
-    # default ports (5222/5269/5347), not ours, so we leave it alone.
+    _log(f"missing {', '.join(missing)}: running {INSTALL_SCRIPT}")
+    try:
+        subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True)
+    except subprocess.CalledProcessError as exc:
+        raise LocalProsodyError(f"{INSTALL_SCRIPT} failed (exit status {exc.returncode})") from exc
     still = _prosody_missing()
     if still:
-        raise LocalProsodyError(f"still missing after apt-get install: {', '.join(still)}")
-    _log("prosody and prosody-modules installed")
+        raise LocalProsodyError(f"still missing after {INSTALL_SCRIPT}: {', '.join(still)}")
 
 
 def _lua_str(value: str) -> str:
