@@ -114,6 +114,28 @@ TLS_DATA = Path(__file__).resolve().parents[1] / "data" / "tls"
 TEST_CA_FILE = TLS_DATA / "ca.pem"
 
 
+def _start_with_users(server, workdir: Path):
+    """Register the test users on `server` and start it; on failure nothing is left."""
+    try:
+        for name, password in PASSWORDS.items():
+            server.register(name, password, jid(name).partition("@")[2])
+        server.start()
+    except BaseException:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return server, workdir
+
+
+def _running(server, workdir: Path):
+    """Yield the started `server`; stop it and remove its folder afterwards."""
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def start_prosody(grant_roster: bool = True, tls: bool = False) -> tuple[LocalProsody, Path]:
     """A started LocalProsody with the four users, in its own folder under /tmp; with
     `tls`, it offers STARTTLS with a certificate of the test CA (`TEST_CA_FILE`).
@@ -134,25 +156,12 @@ def start_prosody(grant_roster: bool = True, tls: bool = False) -> tuple[LocalPr
         extra_domains=(OTHER_DOMAIN,),
         certificate=(TLS_DATA / "example.test.crt", TLS_DATA / "example.test.key") if tls else None,
     )
-    try:
-        for name, password in PASSWORDS.items():
-            server.register(name, password, jid(name).partition("@")[2])
-        server.start()
-    except BaseException:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    return server, workdir
+    return _start_with_users(server, workdir)
 
 
 @pytest.fixture(scope="session")
 def prosody() -> Iterator[LocalProsody]:
-    server, workdir = start_prosody()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    yield from _running(*start_prosody())
 
 
 # ---- ejabberd, and the choice of server ---------------------------------------------------
@@ -175,25 +184,12 @@ def start_ejabberd() -> tuple[LocalEjabberd, Path]:
         component_secret=SECRET,
         extra_domains=(OTHER_DOMAIN,),
     )
-    try:
-        for name, password in PASSWORDS.items():
-            server.register(name, password, jid(name).partition("@")[2])
-        server.start()
-    except BaseException:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    return server, workdir
+    return _start_with_users(server, workdir)
 
 
 @pytest.fixture(scope="session")
 def ejabberd() -> Iterator[LocalEjabberd]:
-    server, workdir = start_ejabberd()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    yield from _running(*start_ejabberd())
 
 
 @pytest.fixture
