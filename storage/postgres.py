@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -340,10 +341,15 @@ class Listener:
                 pass
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.I)
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced, for logs."""
+    """The URL with its password replaced, for logs: in the user part
+    (`user:pw@host`) and as a query parameter (`?password=pw`), both of which
+    libpq-style URLs (and asyncpg) accept."""
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+    if at and ":" in creds:
+        rest = f"{creds.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}{sep}{_QUERY_PASSWORD.sub(lambda m: m.group(1) + '***', rest)}"

@@ -116,3 +116,18 @@ async def test_a_missing_source_file_is_refused(tmp_path: Path, postgres) -> Non
     done = migrate(tmp_path / "nowhere.sqlite3", url)
     assert done.returncode == 1
     assert "no such SQLite file" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://presence:s3cret@db:5432/presence", "postgresql://presence:***@db:5432/presence"),
+        ("postgresql://db/presence?user=presence&password=s3cret", "postgresql://db/presence?user=presence&password=***"),
+        ("postgresql://u:a@b@db/p?sslmode=require&PASSWORD=x&x=1", "postgresql://u:***@db/p?sslmode=require&PASSWORD=***&x=1"),
+        ("postgresql://presence@db/presence", "postgresql://presence@db/presence"),
+    ],
+)
+def test_urls_in_logs_carry_no_password(url: str, shown: str) -> None:
+    from storage.postgres import redact
+
+    assert redact(url) == shown
