@@ -30,6 +30,7 @@ import collections
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -106,64 +107,204 @@ def mb(kb: int) -> str:
     return f"{kb / 1024:.1f} MB"
 
 
+# Both figures lift the login rate limits unless --auth sets them: every wrong password
+# then reaches the XMPP server (with the defaults, 5 per JID and 20 per address a minute,
+# nearly all wrong logins from the one address would be 429 without a check).
+LIFTED = {"login_failures_per_jid": 1_000_000, "login_failures_per_address": 1_000_000}
+DEFAULT_LIMITS = {"login_failures_per_jid": 5, "login_failures_per_address": 20}
+
+
+def limits_text(auth: dict[str, Any]) -> str:
+    shown = {**DEFAULT_LIMITS, **{k: v for k, v in auth.items() if k.startswith("login_")}}
+    extra = {k: v for k, v in auth.items() if not k.startswith("login_")}
+    text = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return text + (f"; other [auth] keys {extra}" if extra else "")
+
+
+async def baseline_logins(prosody: BenchProsody, jobs: list[tuple[str, str]], workers: int,
+                          statuses: collections.Counter) -> float:
+    """The minimal SASL client: component/login.py's XmppPasswordVerifier, used directly in
+    this process (no HTTP, no token, no storage, no rate limiter), `workers` checks at once."""
+    from component.login import XmppPasswordVerifier
+    from component.model import BareJid
+
+    verifier = XmppPasswordVerifier("127.0.0.1", prosody.c2s_port, allow_plaintext=True,
+                                    timeout_s=30, max_concurrent=workers)
+    it = iter(jobs)
+
+    async def worker() -> None:
+        for name, password in it:
+            ok = await verifier.verify(BareJid(f"{name}@{DOMAIN}"), password)
+            statuses[200 if ok else 401] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(workers, len(jobs)))))
+    return time.perf_counter() - started
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+async def rate_figure(args: argparse.Namespace, workdir: Path, prosody: BenchProsody, names: list[str]) -> bool:
+    """logins/s with valid passwords, the service against the minimal SASL client, rounds
+    alternating which goes first. Returns False on an unexpected answer."""
+    # Lifted too: a check still running counts against the budgets (LoginLimits), so 32
+    # concurrent logins from the one address of the load generator would exceed the
+    # default 20 per address even with valid passwords.
+    auth = {**LIFTED, **args.auth}
+    service = ServiceProcess(workdir, "service-rate", workdir / "service-rate.sqlite3", prosody, auth=auth)
+    service.start()
+    await service.wait_healthy()
+    await asyncio.sleep(1)
+    me = os.getpid()
+    cpu_service = CpuMeter({"service": service.pid, "prosody": prosody.pid, "load generator": me})
+    cpu_base = CpuMeter({"prosody": prosody.pid, "SASL client (this process)": me})
+    rates: dict[str, list[float]] = {"service": [], "baseline": []}
+    statuses = {"service": collections.Counter(), "baseline": collections.Counter()}
+    offset = 0
+
+    def valid_jobs() -> list[tuple[str, str]]:
+        nonlocal offset
+        chosen = [names[(offset + k) % len(names)] for k in range(args.rate_logins)]
+        offset += args.rate_logins
+        return [(n, f"pw-{n}") for n in chosen]
+
+    connector = aiohttp.TCPConnector(limit=args.workers)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        # Warm-up (not measured): both paths once over every account.
+        await log_in(http, service.base_url, [(n, f"pw-{n}") for n in names], args.workers, collections.Counter())
+        await baseline_logins(prosody, [(n, f"pw-{n}") for n in names], args.workers, collections.Counter())
+        for r in range(args.rounds):
+            order = ("service", "baseline") if r % 2 == 0 else ("baseline", "service")
+            line = []
+            for side in order:
+                jobs = valid_jobs()
+                meter = cpu_service if side == "service" else cpu_base
+                meter.start()
+                if side == "service":
+                    elapsed = await log_in(http, service.base_url, jobs, args.workers, statuses[side])
+                else:
+                    elapsed = await baseline_logins(prosody, jobs, args.workers, statuses[side])
+                meter.stop()
+                rates[side].append(len(jobs) / elapsed)
+                line.append(f"{side} {len(jobs) / elapsed:.0f}/s")
+            say(f"round {r + 1}/{args.rounds} ({order[0]} first): " + ", ".join(line))
+    log_text = service.log_path.read_text(errors="replace")
+    service.stop()
+    count = args.rounds * args.rate_logins
+    ratio = median(rates["service"]) / median(rates["baseline"])
+    print(f"logins/s, {args.workers} concurrent, valid passwords ({args.rounds} rounds x {args.rate_logins} "
+          f"logins each side, {len(names)} accounts; service [auth]: {limits_text(auth)}):")
+    print(f"  service (GET {LOGIN}): median {median(rates['service']):.0f}/s, rounds "
+          + ", ".join(f"{x:.0f}" for x in rates["service"]) + f"; answers {dict(sorted(statuses['service'].items()))}")
+    print(f"    {cpu_service.per(count, 'login')}")
+    print("  baseline (minimal SASL client: component/login.py's XmppPasswordVerifier in the load generator, "
+          f"{args.workers} checks at once): median {median(rates['baseline']):.0f}/s, rounds "
+          + ", ".join(f"{x:.0f}" for x in rates["baseline"]) + f"; answers {dict(sorted(statuses['baseline'].items()))}")
+    print(f"    {cpu_base.per(count, 'login')}")
+    per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(rates["service"], rates["baseline"]))
+    print(f"  ratio service/baseline (medians): {ratio:.2f} (per round {per_round}); target >= 0.8: "
+          f"{'PASS' if ratio >= 0.8 else 'FAIL'}")
+    print(f"  service log: {log_text.count('Traceback')} tracebacks, {len(log_text.splitlines())} lines")
+    ok = set(statuses["service"]) <= {200} and set(statuses["baseline"]) <= {200}
+    if not ok:
+        say(f"unexpected answers with valid passwords; see {service.log_path}")
+    return ok
+
+
+async def growth_figure(args: argparse.Namespace, workdir: Path, prosody: BenchProsody, names: list[str]) -> bool:
+    """RSS of a fresh service over `--logins` logins, half of them wrong passwords."""
+    auth = {**LIFTED, **args.auth}
+    service = ServiceProcess(workdir, "service-growth", workdir / "service-growth.sqlite3", prosody, auth=auth)
+    service.start()
+    await service.wait_healthy()
+    await asyncio.sleep(2)
+    idle = service.memory()["VmRSS"]
+    jobs = []
+    for k in range(args.logins):
+        name = names[(k // 2) % len(names)]
+        jobs.append((name, f"pw-{name}" if k % 2 == 0 else f"wrong-{k}"))
+    statuses: collections.Counter = collections.Counter()
+    checkpoints: list[tuple[int, int]] = []
+    connector = aiohttp.TCPConnector(limit=args.workers)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await log_in(http, service.base_url, jobs[:FIRST], args.workers, statuses)
+        after_first = service.memory()["VmRSS"]
+        cpu = CpuMeter({"service": service.pid, "prosody": prosody.pid, "load generator": os.getpid()})
+        step = max(1, (len(jobs) - FIRST) // 5)
+        elapsed = 0.0
+        done = FIRST
+        while done < len(jobs):
+            chunk = jobs[done:done + step]
+            cpu.start()
+            elapsed += await log_in(http, service.base_url, chunk, args.workers, statuses)
+            cpu.stop()
+            done += len(chunk)
+            checkpoints.append((done, service.memory()["VmRSS"]))
+        after_all = checkpoints[-1][1]
+    await asyncio.sleep(5)
+    settled = service.memory()
+    log_text = service.log_path.read_text(errors="replace")
+    service.stop()
+    rest = len(jobs) - FIRST
+    growth = (after_all - after_first) / 1024
+    print(f"service RSS over {len(jobs)} logins ({args.workers} concurrent, {len(names)} accounts, half wrong "
+          f"passwords; [auth]: {limits_text(auth)}):")
+    print(f"  answers: {dict(sorted(statuses.items()))}")
+    print(f"  RSS: idle {mb(idle)}, after {FIRST} logins {mb(after_first)}, "
+          + ", ".join(f"after {n} {mb(kb)}" for n, kb in checkpoints)
+          + f", 5 s later {mb(settled['VmRSS'])} (peak {mb(settled['VmHWM'])})")
+    print(f"  growth after {FIRST} -> after {len(jobs)}: {growth:+.1f} MB; target <= 10 MB: "
+          f"{'PASS' if growth <= 10 else 'FAIL'}")
+    print(f"  rate over logins {FIRST + 1}..{len(jobs)}: {rest / elapsed:.0f} logins/s ({elapsed:.1f} s); "
+          + cpu.per(rest, "login"))
+    print(f"  service log: {log_text.count('Traceback')} tracebacks, {log_text.count('IqTimeout')} IqTimeout, "
+          f"{len(log_text.splitlines())} lines")
+    unexpected = set(statuses) - {200, 401, 429}
+    if unexpected:
+        say(f"unexpected answers {sorted(unexpected)}; see {service.log_path}")
+    return not unexpected
+
+
 async def bench(args: argparse.Namespace, workdir: Path) -> int:
     names = [f"u{i:04d}" for i in range(args.users)]
     prosody = BenchProsody(workdir / "prosody", domain=DOMAIN, component_jid=SERVICE_JID, component_secret=SECRET)
     write_accounts(prosody, {n: f"pw-{n}" for n in names})
     prosody.start()
     try:
-        service = ServiceProcess(workdir, "service", workdir / "service.sqlite3", prosody, auth=args.auth)
-        service.start()
-        await service.wait_healthy()
-        await asyncio.sleep(2)
         if args.burst:
+            service = ServiceProcess(workdir, "service", workdir / "service.sqlite3", prosody, auth=args.auth)
+            service.start()
+            await service.wait_healthy()
+            await asyncio.sleep(2)
             latency, status, statuses = await burst(service.base_url, names, args.burst)
             service.stop()
             print(f"{args.burst} concurrent wrong logins from 127.0.0.1 (one per account in turn), answered "
                   f"{dict(sorted(statuses.items()))}; meanwhile a correct login of another account from "
                   f"127.0.0.2: {status} in {1000 * latency:.0f} ms; [auth] extra: {args.auth or '-'}")
             return 0 if status == 200 else 2
-        idle = service.memory()["VmRSS"]
-        jobs = []
-        for k in range(args.logins):
-            name = names[(k // 2) % len(names)]
-            jobs.append((name, f"pw-{name}" if k % 2 == 0 else f"wrong-{k}"))
-        statuses: collections.Counter = collections.Counter()
-        connector = aiohttp.TCPConnector(limit=args.workers)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            await log_in(http, service.base_url, jobs[:FIRST], args.workers, statuses)
-            after_first = service.memory()["VmRSS"]
-            cpu = CpuMeter({"service": service.pid, "prosody": prosody.pid, "load generator": os.getpid()})
-            cpu.start()
-            elapsed = await log_in(http, service.base_url, jobs[FIRST:], args.workers, statuses)
-            cpu.stop()
-            after_all = service.memory()["VmRSS"]
-        await asyncio.sleep(5)
-        settled = service.memory()
-        log_text = service.log_path.read_text(errors="replace")
-        service.stop()
+        from run import machine_info
+
+        for line in machine_info():
+            print(line)
+        ok = True
+        if args.rounds:
+            ok = await rate_figure(args, workdir, prosody, names) and ok
+        if args.logins:
+            ok = await growth_figure(args, workdir, prosody, names) and ok
     finally:
         prosody.stop()
-    rest = len(jobs) - FIRST
-    print(f"logins: {len(jobs)} ({args.workers} concurrent, {args.users} accounts, half wrong passwords); "
-          f"[auth] extra: {args.auth or '-'}")
-    print(f"answers: {dict(sorted(statuses.items()))}")
-    print(f"service RSS: idle {mb(idle)}, after {FIRST} logins {mb(after_first)}, "
-          f"after {len(jobs)} {mb(after_all)}, 5 s later {mb(settled['VmRSS'])} (peak {mb(settled['VmHWM'])})")
-    print(f"rate over logins {FIRST + 1}..{len(jobs)}: {rest / elapsed:.0f} logins/s ({elapsed:.1f} s); "
-          + cpu.per(rest, "login"))
-    print(f"service log: {log_text.count('Traceback')} tracebacks, {log_text.count('IqTimeout')} IqTimeout, "
-          f"{len(log_text.splitlines())} lines")
-    unexpected = set(statuses) - {200, 401, 429}
-    if unexpected:
-        say(f"unexpected answers {sorted(unexpected)}; see {service.log_path}")
-        return 2
-    return 0
+    return 0 if ok else 2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--logins", type=int, default=2000)
+    parser.add_argument("--logins", type=int, default=10_000,
+                        help="logins of the RSS figure, half wrong passwords (0: skip it)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the logins/s figure, service and baseline alternating first (0: skip it)")
+    parser.add_argument("--rate-logins", type=int, default=1000, help="valid logins per side per round")
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--auth", action="append", default=[], metavar="KEY=VALUE",
@@ -172,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: N concurrent wrong logins, and one correct login from another address")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, database)")
     args = parser.parse_args(argv)
-    if args.logins <= FIRST:
-        parser.error(f"--logins must be more than {FIRST}")
+    if args.logins and args.logins <= FIRST:
+        parser.error(f"--logins must be 0 or more than {FIRST}")
     auth = {}
     for item in args.auth:
         key, sep, value = item.partition("=")
