@@ -41,6 +41,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
+from run import machine_info, profiled  # noqa: E402
 from stack import DOMAIN, SECRET, SERVICE_JID, BenchProsody, CpuMeter, ServiceProcess, write_accounts  # noqa: E402
 
 LOGIN = "/api/rainbow/authentication/v1.0/login"
@@ -111,12 +112,14 @@ def mb(kb: int) -> str:
 # then reaches the XMPP server (with the defaults, 5 per JID and 20 per address a minute,
 # nearly all wrong logins from the one address would be 429 without a check).
 LIFTED = {"login_failures_per_jid": 1_000_000, "login_failures_per_address": 1_000_000}
-DEFAULT_LIMITS = {"login_failures_per_jid": 5, "login_failures_per_address": 20}
+DEFAULT_LIMITS = {"login_failures_per_jid": 5, "login_failures_per_address": 20, "max_concurrent_logins": 8}
 
 
 def limits_text(auth: dict[str, Any]) -> str:
-    shown = {**DEFAULT_LIMITS, **{k: v for k, v in auth.items() if k.startswith("login_")}}
-    extra = {k: v for k, v in auth.items() if not k.startswith("login_")}
+    """The service's login limits (its defaults unless set), then any other [auth] key."""
+    limit = lambda key: key in DEFAULT_LIMITS or key.startswith("login_")  # noqa: E731
+    shown = {**DEFAULT_LIMITS, **{k: v for k, v in auth.items() if limit(k)}}
+    extra = {k: v for k, v in auth.items() if not limit(k)}
     text = ", ".join(f"{k}={v}" for k, v in shown.items())
     return text + (f"; other [auth] keys {extra}" if extra else "")
 
@@ -152,7 +155,9 @@ async def rate_figure(args: argparse.Namespace, workdir: Path, prosody: BenchPro
     # Lifted too: a check still running counts against the budgets (LoginLimits), so 32
     # concurrent logins from the one address of the load generator would exceed the
     # default 20 per address even with valid passwords.
-    auth = {**LIFTED, **args.auth}
+    # The same concurrency as the baseline's: `--workers` checks at once (the service's
+    # default, max_concurrent_logins = 8, is set with --auth to measure it).
+    auth = {**LIFTED, "max_concurrent_logins": args.workers, **args.auth}
     service = ServiceProcess(workdir, "service-rate", workdir / "service-rate.sqlite3", prosody, auth=auth)
     service.start()
     await service.wait_healthy()
@@ -181,10 +186,12 @@ async def rate_figure(args: argparse.Namespace, workdir: Path, prosody: BenchPro
             for side in order:
                 jobs = valid_jobs()
                 meter = cpu_service if side == "service" else cpu_base
-                meter.start()
                 if side == "service":
-                    elapsed = await log_in(http, service.base_url, jobs, args.workers, statuses[side])
+                    async with profiled(service.pid, args.profile, f"logins-service-{r + 1}"):
+                        meter.start()  # py-spy's attach time is not counted
+                        elapsed = await log_in(http, service.base_url, jobs, args.workers, statuses[side])
                 else:
+                    meter.start()
                     elapsed = await baseline_logins(prosody, jobs, args.workers, statuses[side])
                 meter.stop()
                 rates[side].append(len(jobs) / elapsed)
@@ -284,7 +291,6 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
                   f"{dict(sorted(statuses.items()))}; meanwhile a correct login of another account from "
                   f"127.0.0.2: {status} in {1000 * latency:.0f} ms; [auth] extra: {args.auth or '-'}")
             return 0 if status == 200 else 2
-        from run import machine_info
 
         for line in machine_info():
             print(line)
@@ -311,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="an extra [auth] key for the service (repeatable)")
     parser.add_argument("--burst", type=int, default=0, metavar="N",
                         help="instead: N concurrent wrong logins, and one correct login from another address")
+    parser.add_argument("--profile", metavar="DIR", type=Path,
+                        help="py-spy (if in the venv) records the service during its logins/s rounds (skews them)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, database)")
     args = parser.parse_args(argv)
     if args.logins and args.logins <= FIRST:
@@ -322,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--auth {item!r}: expected KEY=VALUE")
         auth[key] = config_value(value)
     args.auth = auth
+    if args.profile:
+        args.profile = args.profile.resolve()
+        args.profile.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="presence-logins-"))
     os.chmod(workdir, 0o755)  # prosody may need to traverse it
     say(f"work folder {workdir}")
