@@ -150,23 +150,36 @@ def median(values: list[float]) -> float:
 
 
 async def rate_figure(args: argparse.Namespace, workdir: Path, prosody: BenchProsody, names: list[str]) -> bool:
-    """logins/s with valid passwords, the service against the minimal SASL client, rounds
-    alternating which goes first. Returns False on an unexpected answer."""
-    # Lifted too: a check still running counts against the budgets (LoginLimits), so 32
-    # concurrent logins from the one address of the load generator would exceed the
-    # default 20 per address even with valid passwords.
-    # The same concurrency as the baseline's: `--workers` checks at once (the service's
-    # default, max_concurrent_logins = 8, is set with --auth to measure it).
+    """logins/s with valid passwords: the service against the minimal SASL client, and
+    (for information) the service with its default max_concurrent_logins; the order of
+    the three rotates from round to round. Returns False on an unexpected answer."""
+    # The login rate limits are lifted here too: a check still running counts against
+    # the budgets (LoginLimits), so 32 concurrent logins from the load generator's one
+    # address would exceed the default 20 per address even with valid passwords.
+    # The measured service checks `--workers` at once, the baseline's concurrency.
     auth = {**LIFTED, "max_concurrent_logins": args.workers, **args.auth}
+    auth_default = {**LIFTED, **args.auth}
     service = ServiceProcess(workdir, "service-rate", workdir / "service-rate.sqlite3", prosody, auth=auth)
-    service.start()
-    await service.wait_healthy()
+    default = ServiceProcess(workdir, "service-default", workdir / "service-default.sqlite3", prosody,
+                             component_jid=stack.EXTRA_COMPONENTS[1], auth=auth_default)
+    for proc in (service, default):
+        proc.start()
+    for proc in (service, default):
+        await proc.wait_healthy()
     await asyncio.sleep(1)
     me = os.getpid()
-    cpu_service = CpuMeter({"service": service.pid, "prosody": prosody.pid, "load generator": me})
-    cpu_base = CpuMeter({"prosody": prosody.pid, "SASL client (this process)": me})
-    rates: dict[str, list[float]] = {"service": [], "baseline": []}
-    statuses = {"service": collections.Counter(), "baseline": collections.Counter()}
+    sides = {
+        "service": service,
+        "baseline": None,
+        "service, default checks": default,
+    }
+    meters = {
+        "service": CpuMeter({"service": service.pid, "prosody": prosody.pid, "load generator": me}),
+        "baseline": CpuMeter({"prosody": prosody.pid, "SASL client (this process)": me}),
+        "service, default checks": CpuMeter({"service": default.pid, "prosody": prosody.pid, "load generator": me}),
+    }
+    rates: dict[str, list[float]] = {side: [] for side in sides}
+    statuses = {side: collections.Counter() for side in sides}
     offset = 0
 
     def valid_jobs() -> list[tuple[str, str]]:
@@ -175,48 +188,64 @@ async def rate_figure(args: argparse.Namespace, workdir: Path, prosody: BenchPro
         offset += args.rate_logins
         return [(n, f"pw-{n}") for n in chosen]
 
+    async def one(http: aiohttp.ClientSession, side: str, jobs: list[tuple[str, str]],
+                  counted: collections.Counter) -> float:
+        target = sides[side]
+        if target is None:
+            return await baseline_logins(prosody, jobs, args.workers, counted)
+        return await log_in(http, target.base_url, jobs, args.workers, counted)
+
     connector = aiohttp.TCPConnector(limit=args.workers)
+    names_order = list(sides)
     async with aiohttp.ClientSession(connector=connector) as http:
-        # Warm-up (not measured): both paths once over every account.
-        await log_in(http, service.base_url, [(n, f"pw-{n}") for n in names], args.workers, collections.Counter())
-        await baseline_logins(prosody, [(n, f"pw-{n}") for n in names], args.workers, collections.Counter())
+        # Warm-up (not measured): each path once over every account.
+        for side in names_order:
+            await one(http, side, [(n, f"pw-{n}") for n in names], collections.Counter())
         for r in range(args.rounds):
-            order = ("service", "baseline") if r % 2 == 0 else ("baseline", "service")
+            order = names_order[r % 3:] + names_order[:r % 3]
             line = []
             for side in order:
                 jobs = valid_jobs()
-                meter = cpu_service if side == "service" else cpu_base
-                if side == "service":
-                    async with profiled(service.pid, args.profile, f"logins-service-{r + 1}"):
-                        meter.start()  # py-spy's attach time is not counted
-                        elapsed = await log_in(http, service.base_url, jobs, args.workers, statuses[side])
-                else:
-                    meter.start()
-                    elapsed = await baseline_logins(prosody, jobs, args.workers, statuses[side])
-                meter.stop()
+                pid = sides[side].pid if sides[side] is not None else None
+                async with profiled(pid, args.profile if pid else None, f"logins-{side.split(',')[0]}-{r + 1}"
+                                    + ("-default" if "default" in side else "")):
+                    meters[side].start()  # py-spy's attach time is not counted
+                    elapsed = await one(http, side, jobs, statuses[side])
+                    meters[side].stop()
                 rates[side].append(len(jobs) / elapsed)
                 line.append(f"{side} {len(jobs) / elapsed:.0f}/s")
-            say(f"round {r + 1}/{args.rounds} ({order[0]} first): " + ", ".join(line))
-    log_text = service.log_path.read_text(errors="replace")
-    service.stop()
+            say(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
+    logs = [proc.log_path.read_text(errors="replace") for proc in (service, default)]
+    for proc in (service, default):
+        proc.stop()
     count = args.rounds * args.rate_logins
-    ratio = median(rates["service"]) / median(rates["baseline"])
+
+    def rounds_of(side: str) -> str:
+        return (f"median {median(rates[side]):.0f}/s, rounds " + ", ".join(f"{x:.0f}" for x in rates[side])
+                + f"; answers {dict(sorted(statuses[side].items()))}")
+
     print(f"logins/s, {args.workers} concurrent, valid passwords ({args.rounds} rounds x {args.rate_logins} "
-          f"logins each side, {len(names)} accounts; service [auth]: {limits_text(auth)}):")
-    print(f"  service (GET {LOGIN}): median {median(rates['service']):.0f}/s, rounds "
-          + ", ".join(f"{x:.0f}" for x in rates["service"]) + f"; answers {dict(sorted(statuses['service'].items()))}")
-    print(f"    {cpu_service.per(count, 'login')}")
-    print("  baseline (minimal SASL client: component/login.py's XmppPasswordVerifier in the load generator, "
-          f"{args.workers} checks at once): median {median(rates['baseline']):.0f}/s, rounds "
-          + ", ".join(f"{x:.0f}" for x in rates["baseline"]) + f"; answers {dict(sorted(statuses['baseline'].items()))}")
-    print(f"    {cpu_base.per(count, 'login')}")
+          f"logins per side, {len(names)} accounts, the order of the sides rotating):")
+    print(f"  service (GET {LOGIN}; [auth] {limits_text(auth)}): {rounds_of('service')}")
+    print(f"    {meters['service'].per(count, 'login')}")
+    print(f"  baseline (minimal SASL client: component/login.py's XmppPasswordVerifier in the load generator, "
+          f"{args.workers} checks at once): {rounds_of('baseline')}")
+    print(f"    {meters['baseline'].per(count, 'login')}")
+    ratio = median(rates["service"]) / median(rates["baseline"])
     per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(rates["service"], rates["baseline"]))
     print(f"  ratio service/baseline (medians): {ratio:.2f} (per round {per_round}); target >= 0.8: "
           f"{'PASS' if ratio >= 0.8 else 'FAIL'}")
-    print(f"  service log: {log_text.count('Traceback')} tracebacks, {len(log_text.splitlines())} lines")
-    ok = set(statuses["service"]) <= {200} and set(statuses["baseline"]) <= {200}
+    side = "service, default checks"
+    info = median(rates[side]) / median(rates["baseline"])
+    per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(rates[side], rates["baseline"]))
+    print(f"  (info) service with [auth] {limits_text(auth_default)}: {rounds_of(side)}; "
+          f"ratio to the baseline {info:.2f} (per round {per_round})")
+    print(f"    {meters[side].per(count, 'login')}")
+    print("  service logs: " + ", ".join(f"{t.count('Traceback')} tracebacks in {len(t.splitlines())} lines"
+                                          for t in logs))
+    ok = all(set(c) <= {200} for c in statuses.values())
     if not ok:
-        say(f"unexpected answers with valid passwords; see {service.log_path}")
+        say(f"unexpected answers with valid passwords; see {workdir}")
     return ok
 
 
