@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
-"""Login checks on the real stack: memory and rate of `GET .../login` (issue #10).
+"""Login checks on the real stack: rate and memory of `GET .../login` (issues #10, #14).
 
-    python benchmarks/logins.py                       # 2000 logins, half with wrong passwords
-    python benchmarks/logins.py --logins 500 --auth login_failures_per_jid=1000
+    python benchmarks/logins.py                       # both figures below
+    python benchmarks/logins.py --rounds 5 --logins 0 # logins/s only
+    python benchmarks/logins.py --burst 150           # instead: a correct login during a burst
 
-Prosody runs on loopback with `--users` accounts, the service runs as
-`python -m component --config FILE` in its own process, and `--workers` concurrent
-clients (one aiohttp session) log in `--logins` times: login k is user (k // 2) mod
-users, with the right password when k is even and a wrong one when k is odd. The
-service's RSS is read from /proc after the first 100 logins, after all of them, and
-again after 5 s idle; logins/s (and the CPU each process used per login) is over the
-logins after the first 100. The service's
-log is searched for tracebacks. With `--burst N`, instead: N concurrent wrong logins
-from 127.0.0.1 and, meanwhile, the latency of one correct login of another account from
-127.0.0.2. `--auth KEY=VALUE` adds [auth] keys to the service's
-config (integers, numbers, true/false, else strings), e.g. to lift the login rate
-limits so that every wrong password reaches the XMPP server.
+Prosody runs on loopback with `--users` accounts; services run as
+`python -m component --config FILE` in their own processes.
 
-Exit status: 0 measured, 2 the benchmark itself failed (a process died, an answer
-other than 200/401/429).
+1. logins/s with valid passwords, `--workers` (32) at once: the service (configured
+   with max_concurrent_logins = --workers) against the baseline, a minimal SASL client
+   (component/login.py's XmppPasswordVerifier called directly in this process: the
+   service's per-login exchange without HTTP, token, storage and rate limiter), and for
+   information the service with its default max_concurrent_logins; `--rounds` rounds of
+   `--rate-logins` logins per side, the order rotating; medians, ratios, CPU per login.
+2. RSS of a fresh service over `--logins` (10,000) logins, half of them wrong
+   passwords: after the first 100, after each fifth of the rest and 5 s later.
+
+Both lift the login rate limits (printed) unless `--auth KEY=VALUE` sets them; it adds
+any [auth] key to the services' config (integers, numbers, true/false, else strings).
+With `--burst N`, instead: N concurrent wrong logins from 127.0.0.1 and, meanwhile, the
+latency of one correct login of another account from 127.0.0.2.
+
+Exit status: 0 measured (targets are printed, never fail the run), 2 the benchmark
+itself failed (a process died, an unexpected answer).
 """
 
 from __future__ import annotations
