@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import errno
 import logging
+import logging.handlers
+import queue
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -45,16 +48,47 @@ if TYPE_CHECKING:
 log = logging.getLogger("component")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# The thread that writes the log (setup_logging); None before, and after stop_logging().
+_log_listener: logging.handlers.QueueListener | None = None
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """One line per record on stderr, written by a thread: the event loop only puts the
+    record on a queue, so a slow or blocked stderr (a pipe nobody reads fast enough, a
+    terminal) never stalls it. stop_logging() writes what is queued; it runs at exit too."""
+    global _log_listener
+    stop_logging()
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(logging.Formatter(LOG_FORMAT))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    root = logging.getLogger()
+    root.addHandler(logging.handlers.QueueHandler(records))
+    root.setLevel(level.upper())
+    _log_listener = logging.handlers.QueueListener(records, writer)
+    _log_listener.start()
+    atexit.register(stop_logging)
     # slixmpp logs every stanza of the component session at DEBUG: keep it to
     # warnings. (Login checks do not go through slixmpp: component/login.py.)
     logging.getLogger("slixmpp").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def stop_logging() -> None:
+    """Write every record queued so far, stop the writer thread and remove the queue's
+    handler from the root logger. Idempotent."""
+    global _log_listener
+    listener, _log_listener = _log_listener, None
+    if listener is None:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.handlers.QueueHandler) and handler.queue is listener.queue:
+            root.removeHandler(handler)
+    listener.stop()  # the sentinel goes after every record already queued
+    for handler in listener.handlers:
+        handler.flush()
 
 
 async def delivery_backlog(conn: Conn) -> dict[str, int | None]:
@@ -398,7 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         if not is_postgres_url(args.target):
             parser.error("--to must be a postgresql:// URL")
         setup_logging("WARNING")
-        return asyncio.run(migrate_storage(args.source, args.target))
+        try:
+            return asyncio.run(migrate_storage(args.source, args.target))
+        finally:
+            stop_logging()
     if not args.config:
         parser.error("--config is required")
     try:
@@ -408,7 +445,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.logging.level)
     try:
-        status = asyncio.run(COMMANDS[args.command](config))
+        return _run_logged(args.command, config)
+    finally:
+        stop_logging()  # every line logged so far is written before the process ends
+
+
+def _run_logged(command: str, config: Config) -> int:
+    try:
+        status = asyncio.run(COMMANDS[command](config))
     except SchemaTooNew as exc:
         log.error("%s; refusing to start", exc)
         return 1

@@ -37,3 +37,20 @@ def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
         "service peak RSS",
     ):
         assert figure in result.stdout, output[-4000:]
+
+
+def test_login_benchmark_tiny_run_completes_and_prints_both_figures() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "logins.py"), "--rounds", "1", "--rate-logins", "20",
+         "--logins", "150", "--users", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    for line in ("logins/s, 32 concurrent, valid passwords", "ratio service/baseline (medians)",
+                 "service RSS over 150 logins", "growth after 100 -> after 150",
+                 "login_failures_per_address=1000000"):
+        assert line in result.stdout, output[-4000:]

@@ -1,0 +1,118 @@
+"""The service's log: one line per record on stderr, written by a thread (never by the
+event loop), and nothing queued is lost when the process ends."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from component.__main__ import main, setup_logging, stop_logging
+from storage.instance_lock import InstanceLock
+
+ROOT = Path(__file__).resolve().parents[2]
+LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>[\w.]+): (?P<message>.*)$")
+
+
+@pytest.fixture
+def root_logger():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    stop_logging()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_the_root_logger_gets_a_queue_handler_and_lines_keep_their_format(root_logger, capsys) -> None:
+    before = list(root_logger.handlers)
+    setup_logging("info")
+    added = [h for h in root_logger.handlers if h not in before]
+    assert len(added) == 1 and isinstance(added[0], logging.handlers.QueueHandler)
+    logging.getLogger("component.login").info("login check for %s: %s", "alice@example.test", "ok")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("component").exception("housekeeping failed")
+    logging.getLogger("component").debug("not at info")
+    stop_logging()
+    assert added[0] not in root_logger.handlers
+    lines = capsys.readouterr().err.splitlines()
+    first = LINE.match(lines[0])
+    assert first is not None, lines
+    assert first.group("level", "name", "message") == (
+        "INFO", "component.login", "login check for alice@example.test: ok")
+    second = LINE.match(lines[1])
+    assert second is not None and second.group("level", "message") == ("ERROR", "housekeeping failed")
+    assert lines[2] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: boom"
+    assert not any("not at info" in line for line in lines)
+
+
+def test_a_blocked_stderr_does_not_block_the_caller(root_logger, monkeypatch) -> None:
+    entered, release = threading.Event(), threading.Event()
+    writers: list[threading.Thread] = []
+    written: list[str] = []
+
+    class SlowStderr:
+        def write(self, text: str) -> int:
+            writers.append(threading.current_thread())
+            entered.set()
+            release.wait(10)
+            written.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stderr", SlowStderr())
+    setup_logging("INFO")
+    logging.getLogger("component").warning("first")
+    assert entered.wait(10)  # the writer thread is now stuck in write()
+    logging.getLogger("component").warning("second")  # returns although stderr is blocked
+    assert not release.is_set()
+    release.set()
+    stop_logging()
+    assert writers and all(t is not threading.current_thread() for t in writers)
+    assert [LINE.match(t.rstrip("\n")).group("message") for t in written] == ["first", "second"]
+
+
+def test_a_line_logged_right_before_exit_is_written() -> None:
+    code = (
+        "import logging, sys\n"
+        "from component.__main__ import setup_logging\n"
+        "setup_logging('INFO')\n"
+        "for k in range(200):\n"
+        "    logging.getLogger('component').info('line %d', k)\n"
+        "logging.getLogger('component').error('the last line')\n"
+        "sys.exit(3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    lines = result.stderr.splitlines()
+    assert len(lines) == 201, result.stderr[-2000:]
+    assert LINE.match(lines[-1]).group("level", "message") == ("ERROR", "the last line")
+
+
+def test_a_refused_start_writes_its_reason_before_main_returns(root_logger, tmp_path: Path, capsys) -> None:
+    db = tmp_path / "presence.sqlite3"
+    config = tmp_path / "service.toml"
+    config.write_text(
+        '[component]\njid = "presence.example.test"\nsecret = "s"\n'
+        f'[storage]\npath = "{db}"\n'
+    )
+    held = InstanceLock(db)
+    held.acquire()
+    try:
+        assert main(["--config", str(config)]) == 2
+    finally:
+        held.release()
+    lines = [LINE.match(line) for line in capsys.readouterr().err.splitlines()]
+    assert any(m and m.group("level") == "ERROR" and m.group("message").startswith("cannot start: another service")
+               for m in lines), lines
