@@ -16,8 +16,13 @@ each statement is translated once by storage.dialect. What differs, and why:
   serializable writers, 233-332 actions/s with about 2.5 retries per action
   (serializable's predicate locks on small tables' index pages make most pairs of
   concurrent transactions conflict). Several instances still write concurrently, and
-  serializable keeps them correct. No group commit: each body is its own transaction,
-  answered once it is durable.
+  serializable keeps them correct.
+- Group commit, as on SQLite: bodies that queue while a transaction runs go together
+  in the next one, each in its own savepoint (one failing rolls back only itself), one
+  COMMIT (one WAL flush) for all; each caller is answered once that COMMIT is durable.
+  A body alone in its batch runs without a savepoint (no extra round trips when there
+  is no contention). When PostgreSQL aborts a batch to keep it serializable, the whole
+  batch runs again (every body is re-run from the start).
 - A read body runs in one REPEATABLE READ, READ ONLY transaction: one snapshot.
 - Wake-ups across instances: committing a row into `outbox` or `mail_outbox`
   notifies the channel of the same name (triggers of migration 6, so the NOTIFY is
@@ -31,7 +36,8 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -48,6 +54,13 @@ WRITE_ATTEMPTS = 20
 # Serialises schema upgrades of instances starting together (any constant of our own).
 MIGRATION_LOCK = 0x70726573  # "pres"
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# The database went away under a transaction: /healthz says "error" until a write works.
+_CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# Failures of the batch's transaction, not of one body: the batch is run again
+# (_RETRYABLE) or fails as a whole.
+_BATCH_FAILS = (*_RETRYABLE, *_CONNECTION_LOST)
+# At most this many bodies share one transaction (as storage.db.MAX_BATCH on SQLite).
+MAX_BATCH = 256
 
 
 class Cursor:
@@ -153,8 +166,10 @@ class PostgresDatabase:
         self._pool: asyncpg.Pool | None = None
         self.failure: str | None = None  # why the last write failed as a whole (for /healthz)
         self.retried = 0  # write transactions run again after PostgreSQL aborted them
-        # One write transaction at a time per instance, as on SQLite (see the module's doc).
-        self._one_writer = asyncio.Lock()
+        # One write transaction at a time per instance, as on SQLite, taking every body
+        # queued meanwhile (group commit, see the module's doc).
+        self._pending: list[_Job[Any]] = []
+        self._drainer: asyncio.Future[None] | None = None
 
     @property
     def path(self) -> str:
@@ -196,23 +211,69 @@ class PostgresDatabase:
         return PoolConn(self.pool)
 
     async def write(self, body: Callable[[PgConn], Awaitable[T]]) -> T:
-        """Run `body` as one serializable transaction; returns once it is committed."""
+        """Run `body` in a serializable transaction (shared with the bodies queued
+        beside it); returns once it is committed. Any exception from the body rolls back
+        the body's changes and is raised here."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Job(body, future))
+        if self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                jobs = [j for j in self._pending[:MAX_BATCH] if not j.future.done()]
+                del self._pending[:MAX_BATCH]
+                if not jobs:
+                    continue
+                try:
+                    await self._commit(jobs)
+                    self.failure = None
+                except BaseException as exc:  # the batch as a whole failed: tell every member
+                    if isinstance(exc, _CONNECTION_LOST):
+                        self.failure = type(exc).__name__
+                        log.error("storage: a write transaction failed: %s", type(exc).__name__)
+                    error = exc if isinstance(exc, Exception) else RuntimeError("storage call interrupted")
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(error)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for job in jobs:
+                    if job.future.done():  # the caller was cancelled meanwhile
+                        continue
+                    ok, value = job.outcome
+                    if ok:
+                        job.future.set_result(value)
+                    else:
+                        job.future.set_exception(value)
+        finally:
+            self._drainer = None
+            stranded, self._pending = self._pending, []
+            for job in stranded:
+                if not job.future.done():
+                    job.future.set_exception(RuntimeError("storage is shutting down"))
+
+    async def _commit(self, jobs: list[_Job[Any]]) -> None:
+        """One serializable transaction for `jobs`, run again (whole) when PostgreSQL
+        aborts it to keep it serializable. Sets each job's outcome; raises only when the
+        transaction as a whole fails."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                async with self._one_writer, self.pool.acquire() as raw:
-                    async with raw.transaction(isolation="serializable"):
-                        result = await body(PgConn(raw))
-                self.failure = None
-                return result
+                async with self.pool.acquire() as raw:
+                    if len(jobs) == 1:
+                        await _run_alone(raw, jobs[0])
+                    else:
+                        await _run_together(raw, jobs)
+                return
             except _RETRYABLE:
                 if attempt == WRITE_ATTEMPTS:
                     raise
                 self.retried += 1
                 # Back off a little, more with each attempt, so that contenders spread.
                 await asyncio.sleep(0.001 * attempt)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-                self.failure = type(exc).__name__
-                raise
         raise AssertionError("unreachable")
 
     async def read(self, body: Callable[[PgConn], Awaitable[T]]) -> T:
@@ -272,6 +333,44 @@ class PostgresDatabase:
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
+
+
+@dataclass
+class _Job(Generic[T]):
+    body: Callable[[PgConn], Awaitable[T]]
+    future: asyncio.Future[T]
+    outcome: tuple[bool, Any] = field(default=(False, None))  # (ok, result or exception)
+
+
+async def _run_alone(raw: asyncpg.Connection, job: _Job[Any]) -> None:
+    """One body, its own transaction: its failure rolls the transaction back."""
+    try:
+        async with raw.transaction(isolation="serializable"):
+            job.outcome = (True, await job.body(PgConn(raw)))
+    except _BATCH_FAILS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the body's own failure, for its caller
+        job.outcome = (False, exc)
+
+
+async def _run_together(raw: asyncpg.Connection, jobs: list[_Job[Any]]) -> None:
+    """Several bodies, one transaction, a savepoint each: a body's failure rolls back
+    only its own changes (PostgreSQL accepts more statements after ROLLBACK TO)."""
+    conn = PgConn(raw)
+    async with raw.transaction(isolation="serializable"):
+        for job in jobs:
+            await raw.execute("SAVEPOINT body")
+            try:
+                result = await job.body(conn)
+            except _BATCH_FAILS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the body's own failure, for its caller
+                await raw.execute("ROLLBACK TO SAVEPOINT body")
+                await raw.execute("RELEASE SAVEPOINT body")
+                job.outcome = (False, exc)
+            else:
+                await raw.execute("RELEASE SAVEPOINT body")
+                job.outcome = (True, result)
 
 
 async def _schema_version(raw: asyncpg.Connection) -> int:
