@@ -68,9 +68,9 @@ LOGIN = "/api/rainbow/authentication/v1.0/login"
 SIZES: dict[str, dict[str, int]] = {
     # connected: users with a live XMPP client (storm and accept figures);
     # rest_only: users that only use REST (REST pairs figure; offline for XMPP).
-    "full": dict(connected=96, rest_only=160, rest_pairs=1000, storm=1000, accepts=300,
+    "full": dict(connected=96, rest_only=160, rest_pairs=1000, storm=1000, accepts=300, reads=6000,
                  small_rows=10_000, large_rows=1_000_000, latency_requests=300, warmup=32),
-    "quick": dict(connected=16, rest_only=20, rest_pairs=60, storm=40, accepts=20,
+    "quick": dict(connected=16, rest_only=20, rest_pairs=60, storm=40, accepts=20, reads=200,
                   small_rows=1_000, large_rows=10_000, latency_requests=40, warmup=8),
 }
 
@@ -520,6 +520,44 @@ async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir,
                         f"PostgreSQL (1 instance, serializable, fsync on) {fmt_list(pg_rps)}, SQLite {fmt_list(sq_rps)} "
                         f"(figure 1's SQLite median {sqlite_cycles:.0f}); "
                         f"{fig1b_cpu.per(reps * 2 * size['rest_pairs'], 'request, delivery included')}"))
+
+        # ---- REST reads (issue #14): get one request and list the first page, alternating,
+        # 32 workers, vs the bare aiohttp JSON handler with the same load generator and paths.
+        read_pairs = rest_pool.take(8)  # 8 requests, read in turn by their senders
+        made = await creates(http, service.base_url, sessions, read_pairs)
+        await wait_outbox_empty(service.db_path)
+        readers = [(sessions[sender], rid) for (sender, _), rid in zip(read_pairs, made.ids)]
+        read_jobs = [(readers[i % len(readers)], i % 2) for i in range(size["reads"])]
+
+        async def reads(base: str) -> float:
+            async def work(job: tuple[tuple[Session, str], int]) -> None:
+                (who, rid), kind = job
+                url = f"{base}{who.presences}/{rid}" if kind == 0 else f"{base}{who.presences}/sent"
+                await _call(http, "GET", url, who.headers)
+
+            return await run_workers(read_jobs, work)
+
+        await reads(service.base_url)  # warm-up (not counted)
+        await reads(baseline_url)
+        svc_reads, base_reads = [], []
+        reads_cpu = CpuMeter({"service": service.pid, "load generator": loadgen})
+        reads_base_cpu = CpuMeter({"bare aiohttp": bare.pid, "load generator": loadgen})
+        for rep in range(reps):
+            order = ("baseline", "service") if rep % 2 == 0 else ("service", "baseline")
+            for who in order:
+                meter, base, out = ((reads_cpu, service.base_url, svc_reads) if who == "service"
+                                    else (reads_base_cpu, baseline_url, base_reads))
+                meter.start()
+                elapsed = await reads(base)
+                meter.stop()
+                out.append(len(read_jobs) / elapsed)
+            say(f"reads round {rep + 1}/{reps}: service {svc_reads[-1]:.0f} req/s, bare aiohttp {base_reads[-1]:.0f} req/s")
+        s, b = med(svc_reads), med(base_reads)
+        rows.append(Row(f"REST reads (get one, list first page), {WORKERS} clients", f"{s:.0f} req/s",
+                        f"{b:.0f} req/s bare aiohttp", f"{s / b:.2f}", ">= 0.50", s / b >= 0.5,
+                        f"service req/s {fmt_list(svc_reads)}, baseline {fmt_list(base_reads)}; "
+                        f"{reads_cpu.per(reps * len(read_jobs), 'read')}; "
+                        f"baseline {reads_base_cpu.per(reps * len(read_jobs), 'read')}"))
 
         # ---- figure 2: management messages during a handshake storm vs plain component messages
         svc_mps, base_mps, storm_rest = [], [], []
