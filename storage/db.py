@@ -26,17 +26,16 @@ its own read transaction, so all its statements see one snapshot.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
+from storage.batches import Batches, Job
 from storage.conn import Conn, run_body
 from storage.migrations import UPGRADES
 
@@ -57,11 +56,6 @@ _PRAGMAS = (
     "PRAGMA temp_store = MEMORY",
 )
 
-# At most this many bodies share one call (and, for writes, one COMMIT): bounds how
-# long one call holds SQLite's thread and how late the first of a batch is answered.
-MAX_BATCH = 256
-
-
 class SchemaTooNew(RuntimeError):
     """The database was written by a newer version of the service."""
 
@@ -69,14 +63,7 @@ class SchemaTooNew(RuntimeError):
 # --- batches --------------------------------------------------------------------------
 
 
-@dataclass
-class _Job(Generic[T]):
-    body: Callable[[Conn], Awaitable[T]]
-    future: asyncio.Future[T]
-    outcome: tuple[bool, Any] = field(default=(False, None))  # (ok, result or exception)
-
-
-def _write_batch(raw: sqlite3.Connection, jobs: list[_Job[Any]]) -> None:
+def _write_batch(raw: sqlite3.Connection, jobs: list[Job[Any]]) -> None:
     """On the writer's thread: one transaction for the batch, a savepoint per body.
 
     Sets each job's outcome; raises (after rolling everything back) only when the
@@ -108,7 +95,7 @@ def _write_batch(raw: sqlite3.Connection, jobs: list[_Job[Any]]) -> None:
         raise
 
 
-def _read_batch(raw: sqlite3.Connection, jobs: list[_Job[Any]]) -> None:
+def _read_batch(raw: sqlite3.Connection, jobs: list[Job[Any]]) -> None:
     """On the reader's thread: each body in its own read transaction (one snapshot)."""
     conn = Conn(raw)
     for job in jobs:
@@ -134,61 +121,17 @@ def _on_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
     return conn._execute(lambda: fn(conn._conn))  # noqa: SLF001
 
 
-class _Lane:
-    """One connection's queue of bodies, sent to its thread in batches."""
+def _lane(conn: aiosqlite.Connection, run_batch: Callable[[sqlite3.Connection, list[Job[Any]]], None]) -> Batches:
+    """One connection's queue of bodies, each batch sent to its thread in one call."""
+    return Batches(lambda jobs: _on_thread(conn, lambda raw: run_batch(raw, jobs)), _sqlite_failure)
 
-    def __init__(self, conn: aiosqlite.Connection, run_batch: Callable[[sqlite3.Connection, list[_Job[Any]]], None]) -> None:
-        self.conn = conn
-        self._run_batch = run_batch
-        self._pending: list[_Job[Any]] = []
-        self._drainer: asyncio.Future[None] | None = None
-        # Why the last batch failed as a whole (SQLite's error class: a full disk, a
-        # read-only file...), None once a batch succeeds again: /healthz reports it.
-        self.failure: str | None = None
 
-    async def run(self, body: Callable[[Conn], Awaitable[T]]) -> T:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(body, future))
-        if self._drainer is None:
-            self._drainer = asyncio.ensure_future(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                jobs = [j for j in self._pending[:MAX_BATCH] if not j.future.done()]
-                del self._pending[:MAX_BATCH]
-                if not jobs:
-                    continue
-                try:
-                    await _on_thread(self.conn, lambda raw: self._run_batch(raw, jobs))
-                    self.failure = None
-                except BaseException as exc:  # the batch as a whole failed: tell every member
-                    if isinstance(exc, sqlite3.Error):
-                        self.failure = type(exc).__name__
-                        log.error("storage: a transaction batch failed: %s", exc)
-                    error = exc if isinstance(exc, Exception) else RuntimeError("storage call interrupted")
-                    for job in jobs:
-                        if not job.future.done():
-                            job.future.set_exception(error)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for job in jobs:
-                    if job.future.done():  # the caller was cancelled meanwhile
-                        continue
-                    ok, value = job.outcome
-                    if ok:
-                        job.future.set_result(value)
-                    else:
-                        job.future.set_exception(value)
-        finally:
-            self._drainer = None
-            # Left over only when the drainer itself was cancelled (shutdown).
-            stranded, self._pending = self._pending, []
-            for job in stranded:
-                if not job.future.done():
-                    job.future.set_exception(RuntimeError("storage is shutting down"))
+def _sqlite_failure(exc: BaseException) -> str | None:
+    """SQLite's error class (a full disk, a read-only file...) for /healthz."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    log.error("storage: a transaction batch failed: %s", exc)
+    return type(exc).__name__
 
 
 class Database:
@@ -200,14 +143,14 @@ class Database:
         self.path = str(path)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._write_lane: _Lane | None = None
-        self._read_lane: _Lane | None = None
+        self._write_lane: Batches | None = None
+        self._read_lane: Batches | None = None
 
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
-        self._write_lane = _Lane(self._writer, _write_batch)
+        self._write_lane = _lane(self._writer, _write_batch)
         try:
             await self._writer.execute("PRAGMA journal_mode = WAL")
             await self._migrate()
@@ -219,7 +162,7 @@ class Database:
             self._write_lane = None
             raise
         self._reader = await self._connect() if self.path != ":memory:" else self._writer
-        self._read_lane = _Lane(self._reader, _read_batch)
+        self._read_lane = _lane(self._reader, _read_batch)
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.

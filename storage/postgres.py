@@ -36,12 +36,12 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
 from storage import dialect
+from storage.batches import Batches, Job
 from storage.db import SchemaTooNew
 from storage.migrations import UPGRADES
 
@@ -59,8 +59,6 @@ _CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceE
 # Failures of the batch's transaction, not of one body: the batch is run again
 # (_RETRYABLE) or fails as a whole.
 _BATCH_FAILS = (*_RETRYABLE, *_CONNECTION_LOST)
-# At most this many bodies share one transaction (as storage.db.MAX_BATCH on SQLite).
-MAX_BATCH = 256
 
 
 class Cursor:
@@ -164,12 +162,10 @@ class PostgresDatabase:
         self.url = url
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self.failure: str | None = None  # why the last write failed as a whole (for /healthz)
         self.retried = 0  # write transactions run again after PostgreSQL aborted them
         # One write transaction at a time per instance, as on SQLite, taking every body
         # queued meanwhile (group commit, see the module's doc).
-        self._pending: list[_Job[Any]] = []
-        self._drainer: asyncio.Future[None] | None = None
+        self._writes = Batches(self._commit, _connection_failure)
 
     @property
     def path(self) -> str:
@@ -214,49 +210,14 @@ class PostgresDatabase:
         """Run `body` in a serializable transaction (shared with the bodies queued
         beside it); returns once it is committed. Any exception from the body rolls back
         the body's changes and is raised here."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(body, future))
-        if self._drainer is None:
-            self._drainer = asyncio.ensure_future(self._drain())
-        return await future
+        return await self._writes.run(body)
 
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                jobs = [j for j in self._pending[:MAX_BATCH] if not j.future.done()]
-                del self._pending[:MAX_BATCH]
-                if not jobs:
-                    continue
-                try:
-                    await self._commit(jobs)
-                    self.failure = None
-                except BaseException as exc:  # the batch as a whole failed: tell every member
-                    if isinstance(exc, _CONNECTION_LOST):
-                        self.failure = type(exc).__name__
-                        log.error("storage: a write transaction failed: %s", type(exc).__name__)
-                    error = exc if isinstance(exc, Exception) else RuntimeError("storage call interrupted")
-                    for job in jobs:
-                        if not job.future.done():
-                            job.future.set_exception(error)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for job in jobs:
-                    if job.future.done():  # the caller was cancelled meanwhile
-                        continue
-                    ok, value = job.outcome
-                    if ok:
-                        job.future.set_result(value)
-                    else:
-                        job.future.set_exception(value)
-        finally:
-            self._drainer = None
-            stranded, self._pending = self._pending, []
-            for job in stranded:
-                if not job.future.done():
-                    job.future.set_exception(RuntimeError("storage is shutting down"))
+    @property
+    def failure(self) -> str | None:
+        """Why the last write failed as a whole, for want of the database (/healthz)."""
+        return self._writes.failure
 
-    async def _commit(self, jobs: list[_Job[Any]]) -> None:
+    async def _commit(self, jobs: list[Job[Any]]) -> None:
         """One serializable transaction for `jobs`, run again (whole) when PostgreSQL
         aborts it to keep it serializable. Sets each job's outcome; raises only when the
         transaction as a whole fails."""
@@ -335,14 +296,15 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
 
 
-@dataclass
-class _Job(Generic[T]):
-    body: Callable[[PgConn], Awaitable[T]]
-    future: asyncio.Future[T]
-    outcome: tuple[bool, Any] = field(default=(False, None))  # (ok, result or exception)
+def _connection_failure(exc: BaseException) -> str | None:
+    """The database went away under a write: /healthz says "error" until one works."""
+    if not isinstance(exc, _CONNECTION_LOST):
+        return None
+    log.error("storage: a write transaction failed: %s", type(exc).__name__)
+    return type(exc).__name__
 
 
-async def _run_alone(raw: asyncpg.Connection, job: _Job[Any]) -> None:
+async def _run_alone(raw: asyncpg.Connection, job: Job[Any]) -> None:
     """One body, its own transaction: its failure rolls the transaction back."""
     try:
         async with raw.transaction(isolation="serializable"):
@@ -353,7 +315,7 @@ async def _run_alone(raw: asyncpg.Connection, job: _Job[Any]) -> None:
         job.outcome = (False, exc)
 
 
-async def _run_together(raw: asyncpg.Connection, jobs: list[_Job[Any]]) -> None:
+async def _run_together(raw: asyncpg.Connection, jobs: list[Job[Any]]) -> None:
     """Several bodies, one transaction, a savepoint each: a body's failure rolls back
     only its own changes (PostgreSQL accepts more statements after ROLLBACK TO)."""
     conn = PgConn(raw)
