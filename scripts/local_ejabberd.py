@@ -26,20 +26,19 @@ ejabberdctl drops from root to the ``ejabberd`` user: ``workdir`` is owned by it
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import weakref
 from pathlib import Path
+
+from loopback import forget_at_exit, free_port, port_open, stop_at_exit
 
 __all__ = ["LocalEjabberd", "LocalEjabberdError", "ensure_ejabberd_installed", "free_port", "EJABBERDCTL"]
 
@@ -58,21 +57,6 @@ def _log(msg: str) -> None:
     print(f"[local_ejabberd] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free at the time of the call."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def ensure_ejabberd_installed() -> None:
     """Run scripts/install-ejabberd.sh when ejabberdctl is missing (root needed then)."""
     if os.path.exists(EJABBERDCTL):
@@ -84,18 +68,6 @@ def ensure_ejabberd_installed() -> None:
 
 def _yaml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
-
-
-_LIVE: "weakref.WeakSet[LocalEjabberd]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for srv in list(_LIVE):
-        try:
-            srv.stop()
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
 
 
 class LocalEjabberd:
@@ -351,7 +323,7 @@ EJABBERD_BYPASS_WARNINGS=true
         if not os.path.exists(EJABBERDCTL):
             raise LocalEjabberdError("ejabberd is not installed (see ensure_ejabberd_installed())")
         for port in (self.c2s_port, self.component_port, self.api_port, self.dist_port):
-            if _port_open(port):
+            if port_open(port):
                 raise LocalEjabberdError(f"port 127.0.0.1:{port} is already in use")
         self.write_config()
         self._stderr_fh = open(self.stderr_path, "ab")
@@ -363,7 +335,7 @@ EJABBERD_BYPASS_WARNINGS=true
             stderr=self._stderr_fh,
             start_new_session=True,  # own process group: stop() can end it all
         )
-        _LIVE.add(self)
+        stop_at_exit(self)
         deadline = time.monotonic() + timeout
         while True:
             rc = self._proc.poll()
@@ -371,7 +343,7 @@ EJABBERD_BYPASS_WARNINGS=true
                 self._cleanup_handles()
                 self._proc = None
                 raise LocalEjabberdError(f"ejabberd exited with code {rc} during startup\n{self.log_tail()}")
-            if all(_port_open(p) for p in (self.c2s_port, self.component_port)) and self._api_up():
+            if all(port_open(p) for p in (self.c2s_port, self.component_port)) and self._api_up():
                 break
             if time.monotonic() > deadline:
                 self.stop()
@@ -406,7 +378,7 @@ EJABBERD_BYPASS_WARNINGS=true
                         continue
         self._proc = None
         self._cleanup_handles()
-        _LIVE.discard(self)
+        forget_at_exit(self)
 
     def restart(self, timeout: float = 60) -> "LocalEjabberd":
         self.stop()

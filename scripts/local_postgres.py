@@ -22,18 +22,17 @@ is what the tests check). `stop()` stops it; the folder is the caller's to remov
 from __future__ import annotations
 
 import argparse
-import atexit
 import glob
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import weakref
 from pathlib import Path
+
+from loopback import forget_at_exit, free_port, stop_at_exit
 
 __all__ = ["LocalPostgres", "LocalPostgresError", "find_bin", "free_port"]
 
@@ -48,12 +47,6 @@ def _log(msg: str) -> None:
     print(f"[local_postgres] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def find_bin() -> Path | None:
     """The newest installed server binaries (Debian: /usr/lib/postgresql/N/bin)."""
     if os.environ.get("PG_BIN"):
@@ -66,18 +59,6 @@ def find_bin() -> Path | None:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).resolve().parent if initdb else None
-
-
-_LIVE: "weakref.WeakSet[LocalPostgres]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for pg in list(_LIVE):
-        try:
-            pg.stop()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
 
 
 class LocalPostgres:
@@ -167,7 +148,7 @@ class LocalPostgres:
             start_new_session=True,
         )
         log.close()
-        _LIVE.add(self)
+        stop_at_exit(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -203,7 +184,7 @@ class LocalPostgres:
         process, self._process = self._process, None
         if process is None:
             return
-        _LIVE.discard(self)
+        forget_at_exit(self)
         if process.poll() is None:
             process.send_signal(signal.SIGINT)  # "fast" shutdown: disconnect clients, stop
             try:

@@ -23,16 +23,15 @@ privileges.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import weakref
 from pathlib import Path
+
+from loopback import forget_at_exit, free_port, port_open, stop_at_exit
 
 __all__ = [
     "LocalProsody",
@@ -55,21 +54,6 @@ class LocalProsodyError(RuntimeError):
 
 def _log(msg: str) -> None:
     print(f"[local_prosody] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free at the time of the call."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _prosody_missing() -> list[str]:
@@ -100,18 +84,6 @@ def ensure_prosody_installed() -> None:
 
 def _lua_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-_LIVE: "weakref.WeakSet[LocalProsody]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for srv in list(_LIVE):
-        try:
-            srv.stop()
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
 
 
 class LocalProsody:
@@ -258,7 +230,7 @@ log = {{
         if shutil.which("prosody") is None:
             raise LocalProsodyError("prosody is not installed (see ensure_prosody_installed())")
         for port in (self.c2s_port, self.component_port):
-            if _port_open(port):
+            if port_open(port):
                 raise LocalProsodyError(f"port 127.0.0.1:{port} is already in use")
         self.write_config()
         try:
@@ -274,7 +246,7 @@ log = {{
             stderr=self._stderr_fh,
             start_new_session=True,  # own process group: stop() kills it all
         )
-        _LIVE.add(self)
+        stop_at_exit(self)
         deadline = time.monotonic() + timeout
         while True:
             rc = self._proc.poll()
@@ -282,7 +254,7 @@ log = {{
                 self._cleanup_handles()
                 self._proc = None
                 raise LocalProsodyError(f"prosody exited with code {rc} during startup\n{self.log_tail()}")
-            if _port_open(self.c2s_port) and _port_open(self.component_port):
+            if port_open(self.c2s_port) and port_open(self.component_port):
                 return self
             if time.monotonic() > deadline:
                 self.stop()
@@ -309,7 +281,7 @@ log = {{
                 proc.wait(timeout=5)
         self._proc = None
         self._cleanup_handles()
-        _LIVE.discard(self)
+        forget_at_exit(self)
 
     def restart(self, timeout: float = 20) -> "LocalProsody":
         self.stop()
