@@ -3,6 +3,7 @@
 
     python benchmarks/run.py            # full run (several minutes), exit 1 if a target is missed
     python benchmarks/run.py --quick    # smoke run (tiny sizes, well under a minute), never fails on targets
+    python benchmarks/run.py --only reads,stored   # some figures (names: --help)
 
 Prosody runs on loopback, the service runs as `python -m component --config FILE`
 in its own process, real slixmpp clients run in a helper process, and the load
@@ -61,16 +62,17 @@ from stack import (  # noqa: E402
 )
 
 WORKERS = 32  # concurrent REST clients
+READERS = range(8)  # the first 8 REST-only users make the reads figures' requests
 ROSTER_CONCURRENCY = 20  # the service's default max_concurrent_iqs
 PRESENCES = "/api/rainbow/enduser/v1.0/users/{}/presences"
 LOGIN = "/api/rainbow/authentication/v1.0/login"
 
 SIZES: dict[str, dict[str, int]] = {
-    # connected: users with a live XMPP client (storm and accept figures);
-    # rest_only: users that only use REST (REST pairs figure; offline for XMPP).
-    "full": dict(connected=96, rest_only=160, rest_pairs=1000, storm=1000, accepts=300, reads=6000,
+    # connected: users with a live XMPP client; rest_only: users that only use REST
+    # (offline for XMPP); cycles: create+accept+interrupt cycles per round.
+    "full": dict(connected=96, rest_only=160, cycles=1000, reads=6000, read_page=20,
                  small_rows=10_000, large_rows=1_000_000, latency_requests=300, warmup=32),
-    "quick": dict(connected=16, rest_only=20, rest_pairs=60, storm=40, accepts=20, reads=200,
+    "quick": dict(connected=16, rest_only=40, cycles=60, reads=200, read_page=20,
                   small_rows=1_000, large_rows=10_000, latency_requests=40, warmup=8),
 }
 
@@ -172,18 +174,22 @@ async def run_workers(jobs: list[Any], work, workers: int = WORKERS) -> float:
     return time.perf_counter() - started
 
 
-async def create_accept(http: aiohttp.ClientSession, base: str, sessions: dict[str, Session],
-                        pairs: list[tuple[str, str]]) -> LoadResult:
-    """Figure 1's load: per pair, POST create (as the sender) then POST accept (as the receiver)."""
+async def cycles(http: aiohttp.ClientSession, bases: list[str], sessions: list[dict[str, Session]],
+                 pairs: list[tuple[str, str]]) -> LoadResult:
+    """One full consent cycle per pair: POST create (as the sender), POST accept and POST
+    interrupt (as the receiver). With several `bases` (instances behind a load balancer),
+    job i goes to instance i mod n, with that instance's sessions."""
 
-    async def work(pair: tuple[str, str]) -> None:
-        sender, receiver = sessions[pair[0]], sessions[pair[1]]
-        created = await _call(http, "POST", base + sender.presences, sender.headers,
-                              {"toUserId": receiver.user_id})
-        await _call(http, "POST", f"{base}{receiver.presences}/{created['data']['id']}/accept",
-                    receiver.headers)
+    async def work(job: tuple[int, tuple[str, str]]) -> None:
+        i, (a, b) = job
+        base, who = bases[i % len(bases)], sessions[i % len(bases)]
+        sender, receiver = who[a], who[b]
+        created = await _call(http, "POST", base + sender.presences, sender.headers, {"toUserId": receiver.user_id})
+        url = f"{base}{receiver.presences}/{created['data']['id']}"
+        await _call(http, "POST", url + "/accept", receiver.headers)
+        await _call(http, "POST", url + "/interrupt", receiver.headers)
 
-    return LoadResult(await run_workers(pairs, work), 2 * len(pairs))
+    return LoadResult(await run_workers(list(enumerate(pairs)), work), 3 * len(pairs))
 
 
 async def creates(http: aiohttp.ClientSession, base: str, sessions: dict[str, Session],
@@ -365,6 +371,290 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM arrived."""
 
 
+@dataclass
+class Bench:
+    """What the figures share: sizes, the processes of the live stack, the rows so far.
+
+    The live stack (phase "live"): Prosody with every account, the service on SQLite
+    (`service`), the bare aiohttp server (`bare_url`), the clients process (`clients`: the
+    `connected` users logged in over XMPP), the plain component (`bcomp`), one aiohttp
+    client session for the load generator (`http`) and every user's REST session
+    (`sessions`). `pg_url` is a database on a private PostgreSQL cluster, set when a
+    selected figure needs PostgreSQL. Phase "stored" figures run after the live stack's
+    processes are stopped, with only Prosody left.
+    """
+
+    args: argparse.Namespace
+    size: dict[str, int]
+    reps: int
+    workdir: Path
+    notes: list[str]
+    profile_dir: Path | None
+    prosody: BenchProsody
+    connected: list[str]
+    rest_only: list[str]
+    pg_url: str | None = None
+    rows: list[Row] = field(default_factory=list)
+    service: ServiceProcess | None = None
+    idle_mem: dict[str, int] = field(default_factory=dict)
+    bare_url: str = ""
+    bare_pid: int | None = None
+    clients: LineProcess | None = None
+    bcomp: LineProcess | None = None
+    http: aiohttp.ClientSession | None = None
+    sessions: dict[str, Session] = field(default_factory=dict)
+    rest_pool: PairPool | None = None  # pairs of REST-only users, the readers left out
+    readers: dict[str, list[tuple[Session, str]]] = field(default_factory=dict)  # by service name
+    xmpp_pool: PairPool | None = None
+    loadgen: int = field(default_factory=os.getpid)
+
+    @staticmethod
+    def order(rep: int, first: str, second: str) -> tuple[str, str]:
+        """Who goes first in round `rep`: the two sides alternate first place."""
+        return (first, second) if rep % 2 == 0 else (second, first)
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    phase: str  # "live" or "stored"
+    run: Any  # async (Bench) -> None; appends its rows to bench.rows
+    postgres: bool = False  # needs bench.pg_url
+
+
+FIGURES: dict[str, Figure] = {}
+
+
+def figure(name: str, phase: str = "live", postgres: bool = False):
+    """Register a figure; they run in registration order (`--only` picks some)."""
+
+    def register(fn):
+        FIGURES[name] = Figure(name, phase, fn, postgres)
+        return fn
+
+    return register
+
+
+async def sustained_cycles(b: Bench, services: list[ServiceProcess], sessions: list[dict[str, Session]],
+                           pairs: list[tuple[str, str]]) -> tuple[float, LoadResult]:
+    """Cycles/s for `pairs` on `services` (one, or several instances of one deployment),
+    counted until the deployment's outbox is empty (delivery complete)."""
+    assert b.http is not None
+    t0 = time.monotonic()
+    res = await cycles(b.http, [s.base_url for s in services], sessions, pairs)
+    done = await wait_outbox_empty(services[0].db_path, timeout=900)
+    return len(pairs) / (done - t0), res
+
+
+def read_jobs(b: Bench, readers: list[tuple[Session, str]]) -> list[tuple[tuple[Session, str], int]]:
+    """The REST reads load: alternately GET one request and the first page of sent requests,
+    each as the request's sender."""
+    return [(readers[i % len(readers)], i % 2) for i in range(b.size["reads"])]
+
+
+async def make_readers(b: Bench, service: ServiceProcess, sessions: dict[str, Session]) -> list[tuple[Session, str]]:
+    """The readers (REST-only users kept out of the pair pool) each send `read_page`
+    pending requests on `service`, once; each reads one of them and its page of sent
+    requests."""
+    assert b.http is not None
+    if service.name not in b.readers:
+        receivers = b.rest_only[len(READERS):][:b.size["read_page"]]
+        pairs = [(s, r) for s in b.rest_only[:len(READERS)] for r in receivers]
+        made = await creates(b.http, service.base_url, sessions, pairs)
+        await wait_outbox_empty(service.db_path)
+        first: dict[str, str] = {}
+        for (sender, _), rid in zip(pairs, made.ids):
+            first.setdefault(sender, rid)
+        b.readers[service.name] = [(sessions[s], rid) for s, rid in first.items()]
+    return b.readers[service.name]
+
+
+async def reads(b: Bench, base: str, jobs: list[tuple[tuple[Session, str], int]]) -> float:
+    """Reads/s of `jobs` against `base`, `WORKERS` concurrent."""
+    assert b.http is not None
+    http = b.http
+
+    async def work(job: tuple[tuple[Session, str], int]) -> None:
+        (who, rid), kind = job
+        url = f"{base}{who.presences}/{rid}" if kind == 0 else f"{base}{who.presences}/sent"
+        await _call(http, "GET", url, who.headers)
+
+    return len(jobs) / await run_workers(jobs, work)
+
+
+# ---- figures ---------------------------------------------------------------------------
+
+
+@figure("reads")
+async def fig_reads(b: Bench) -> None:
+    """REST reads (get one, list first page), 32 workers, vs the bare aiohttp JSON handler
+    with the same load generator and paths."""
+    assert b.service is not None
+    jobs = read_jobs(b, await make_readers(b, b.service, b.sessions))
+    await reads(b, b.service.base_url, jobs)  # warm-up (not counted)
+    await reads(b, b.bare_url, jobs)
+    svc, base = [], []
+    svc_cpu = CpuMeter({"service": b.service.pid, "load generator": b.loadgen})
+    base_cpu = CpuMeter({"bare aiohttp": b.bare_pid, "load generator": b.loadgen})
+    for rep in range(b.reps):
+        for who in b.order(rep, "baseline", "service"):
+            meter, url, out = ((svc_cpu, b.service.base_url, svc) if who == "service"
+                               else (base_cpu, b.bare_url, base))
+            meter.start()
+            out.append(await reads(b, url, jobs))
+            meter.stop()
+        say(f"reads round {rep + 1}/{b.reps}: service {svc[-1]:.0f} req/s, bare aiohttp {base[-1]:.0f} req/s")
+    s, r = med(svc), med(base)
+    n = b.reps * len(jobs)
+    b.rows.append(Row(f"REST reads (get one, list first page), {WORKERS} clients", f"{s:.0f} req/s",
+                      f"{r:.0f} req/s bare aiohttp", f"{s / r:.2f}", ">= 0.50", s / r >= 0.5,
+                      f"service req/s {fmt_list(svc)}, baseline {fmt_list(base)}; {svc_cpu.per(n, 'read')}; "
+                      f"baseline {base_cpu.per(n, 'read')}"))
+
+
+@figure("postgresql", postgres=True)
+async def fig_postgresql(b: Bench) -> None:
+    """The sustained cycles and the REST reads on PostgreSQL, one instance, then two
+    instances of one deployment (REST spread over both, one delivers), beside the same
+    figures on SQLite (one instance) in the same rounds."""
+    assert b.service is not None and b.http is not None and b.rest_pool is not None and b.pg_url
+    pg = [ServiceProcess(b.workdir, f"service-pg{i}", b.workdir / "unused.sqlite3", b.prosody,
+                         component_jid="pg.example.test", storage_url=b.pg_url) for i in (1, 2)]
+    pg[0].start()
+    try:
+        await pg[0].wait_healthy()
+        pg_sessions = await login_all(b.http, pg[0].base_url, b.rest_only)
+        warm = b.rest_pool.take(b.size["warmup"])
+        await sustained_cycles(b, [pg[0]], [pg_sessions], warm)
+        await sustained_cycles(b, [b.service], [b.sessions], warm)
+        one, sq = [], []
+        pg_cpu = CpuMeter({"service": pg[0].pid, "prosody": b.prosody.pid, "load generator": b.loadgen})
+        sq_cpu = CpuMeter({"service": b.service.pid, "prosody": b.prosody.pid, "load generator": b.loadgen})
+        for rep in range(b.reps):
+            pairs = b.rest_pool.take(b.size["cycles"])  # each cycle ends deleted: both databases see them fresh
+            for who in b.order(rep, "postgresql", "sqlite"):
+                if who == "postgresql":
+                    pg_cpu.start()
+                    one.append((await sustained_cycles(b, [pg[0]], [pg_sessions], pairs))[0])
+                    pg_cpu.stop()
+                else:
+                    sq_cpu.start()
+                    sq.append((await sustained_cycles(b, [b.service], [b.sessions], pairs))[0])
+                    sq_cpu.stop()
+            say(f"postgresql cycles round {rep + 1}/{b.reps}: PostgreSQL {one[-1]:.0f}/s, SQLite {sq[-1]:.0f}/s")
+        p, sq_cycles = med(one), med(sq)
+        n = b.reps * b.size["cycles"]
+        b.rows.append(Row(f"cycles/s on PostgreSQL, 1 instance, {WORKERS} clients", f"{p:.0f} cycles/s",
+                          f"{sq_cycles:.0f} cycles/s on SQLite", f"{p / sq_cycles:.2f}", ">= 0.70", p / sq_cycles >= 0.7,
+                          f"PostgreSQL (serializable, fsync on, pool of 10) {fmt_list(one)}, SQLite {fmt_list(sq)}; "
+                          f"PostgreSQL {pg_cpu.per(n, 'cycle')} (its server's own backends not counted); "
+                          f"SQLite {sq_cpu.per(n, 'cycle')}"))
+
+        pg_readers = await make_readers(b, pg[0], pg_sessions)
+        sq_readers = await make_readers(b, b.service, b.sessions)
+        pg_jobs, sq_jobs = read_jobs(b, pg_readers), read_jobs(b, sq_readers)
+        await reads(b, pg[0].base_url, pg_jobs)  # warm-up
+        pg_reads, sq_reads = [], []
+        for rep in range(b.reps):
+            for who in b.order(rep, "postgresql", "sqlite"):
+                if who == "postgresql":
+                    pg_reads.append(await reads(b, pg[0].base_url, pg_jobs))
+                else:
+                    sq_reads.append(await reads(b, b.service.base_url, sq_jobs))
+            say(f"postgresql reads round {rep + 1}/{b.reps}: PostgreSQL {pg_reads[-1]:.0f}/s, SQLite {sq_reads[-1]:.0f}/s")
+        p, q = med(pg_reads), med(sq_reads)
+        b.rows.append(Row(f"REST reads/s on PostgreSQL, 1 instance, {WORKERS} clients", f"{p:.0f} req/s",
+                          f"{q:.0f} req/s on SQLite", f"{p / q:.2f}", "-", None,
+                          f"PostgreSQL {fmt_list(pg_reads)}, SQLite {fmt_list(sq_reads)}"))
+
+        # Two instances of the same deployment: the second is a standby (the first holds
+        # the delivery lock); REST goes to both, job by job, as a load balancer spreads it.
+        pg[1].start()
+        await pg[1].wait_healthy(want={"xmpp": "standby", "storage": "ok"})
+        pg2_sessions = await login_all(b.http, pg[1].base_url, b.rest_only)
+        both = [pg_sessions, pg2_sessions]
+        await sustained_cycles(b, pg, both, b.rest_pool.take(b.size["warmup"]))
+        two, one_again = [], []
+        for rep in range(b.reps):
+            pairs = b.rest_pool.take(b.size["cycles"])
+            for who in b.order(rep, "two", "one"):
+                if who == "two":
+                    two.append((await sustained_cycles(b, pg, both, pairs))[0])
+                else:
+                    one_again.append((await sustained_cycles(b, [pg[0]], [pg_sessions], pairs))[0])
+            say(f"postgresql two instances round {rep + 1}/{b.reps}: two {two[-1]:.0f}/s, one {one_again[-1]:.0f}/s")
+        t, o = med(two), med(one_again)
+        b.rows.append(Row(f"cycles/s on PostgreSQL, 2 instances, {WORKERS} clients", f"{t:.0f} cycles/s",
+                          f"{o:.0f} cycles/s, 1 instance", f"{t / o:.2f}", "-", None,
+                          f"two instances {fmt_list(two)}, one {fmt_list(one_again)} (same machine: the "
+                          f"instances share its 2 CPUs with PostgreSQL, Prosody and the load generator); "
+                          f"SQLite, 1 instance, above: {sq_cycles:.0f}"))
+    finally:
+        for svc in pg:
+            svc.stop()
+
+
+@figure("stored", phase="stored")
+async def fig_stored(b: Bench) -> None:
+    """List received p50/p99 on a database of `large_rows` stored requests vs
+    `small_rows`, and the service's peak memory on them."""
+    outbox_jids = [f"{n}@{DOMAIN}" for n in b.rest_only]
+    small_n, large_n = b.size["small_rows"], b.size["large_rows"]
+    dbs = {}
+    for label, n in (("small", small_n), ("large", large_n)):
+        started = time.monotonic()
+        dbs[label] = await asyncio.to_thread(populate_db, b.workdir / f"store-{label}.sqlite3", n, outbox_jids)
+        say(f"database with {n} requests + 1000 outbox rows written in {time.monotonic() - started:.1f}s")
+    # The populated users have no XMPP account: the account checks would revoke the
+    # measured user's token (as they should for a real deployment).
+    services = {label: ServiceProcess(b.workdir, f"store-{label}", dbs[label].path, b.prosody,
+                                      component_jid=f"store-{label}.{DOMAIN}",
+                                      auth={"account_check_s": 0}) for label in dbs}
+    try:
+        for svc in services.values():
+            svc.start()
+        for svc in services.values():
+            await svc.wait_healthy()
+            await wait_outbox_empty(svc.db_path, timeout=600)  # the 1000 outbox rows delivered
+        say("stored-request services up, their outbox rows delivered")
+        p50s: dict[str, list[float]] = {"small": [], "large": []}
+        p99s: dict[str, list[float]] = {"small": [], "large": []}
+        for rep in range(b.reps):
+            for label in b.order(rep, "small", "large"):
+                db = dbs[label]
+                lat = await list_latencies(services[label].base_url, db.measured_user_id, db.measured_token,
+                                           b.size["latency_requests"], warmup=20)
+                p50s[label].append(percentile(lat, 0.50))
+                p99s[label].append(percentile(lat, 0.99))
+            say(f"list round {rep + 1}/{b.reps}: {rows_label(small_n)} p50 {p50s['small'][-1]:.2f} "
+                f"p99 {p99s['small'][-1]:.2f} ms; {rows_label(large_n)} p50 {p50s['large'][-1]:.2f} "
+                f"p99 {p99s['large'][-1]:.2f} ms")
+        mem = {label: svc.memory() for label, svc in services.items()}
+    finally:
+        for svc in services.values():
+            svc.stop()
+
+    S, L = rows_label(small_n), rows_label(large_n)
+    p50_s, p50_l, p99_s, p99_l = med(p50s["small"]), med(p50s["large"]), med(p99s["small"]), med(p99s["large"])
+    b.rows.append(Row(f"list received p50 (first page of 200), {L} rows", f"{p50_l:.2f} ms", f"{p50_s:.2f} ms at {S}",
+                      f"{p50_l / p50_s:.2f}", "-", None,
+                      f"{L}: {fmt_list(p50s['large'], 2)}; {S}: {fmt_list(p50s['small'], 2)} "
+                      f"({b.size['latency_requests']} sequential requests per round)"))
+    b.rows.append(Row(f"list received p99 (first page of 200), {L} rows", f"{p99_l:.2f} ms", f"{p99_s:.2f} ms at {S}",
+                      f"{p99_l / p99_s:.2f}", "<= 1.2x and < 5 ms", p99_l <= 1.2 * p99_s and p99_l < 5,
+                      f"{L}: {fmt_list(p99s['large'], 2)}; {S}: {fmt_list(p99s['small'], 2)}"))
+    hwm_l, hwm_s = mem["large"]["VmHWM"] / 1024, mem["small"]["VmHWM"] / 1024
+    growth = hwm_l - hwm_s
+    idle = f"{b.idle_mem['VmHWM'] / 1024:.1f} MB idle, empty db" if b.idle_mem else f"{hwm_s:.1f} MB at {S}"
+    b.rows.append(Row(f"service peak RSS, {L} rows + 1k outbox rows", f"{hwm_l:.1f} MB", idle,
+                      f"{growth:+.1f} MB vs {S}", f"< 150 MB; +{L} vs {S} <= 10 MB", hwm_l < 150 and growth <= 10,
+                      f"VmHWM {S}: {hwm_s:.1f} MB, {L}: {hwm_l:.1f} MB (growth {growth:+.1f} MB); VmRSS now "
+                      f"{S}: {mem['small']['VmRSS'] / 1024:.1f} MB, {L}: {mem['large']['VmRSS'] / 1024:.1f} MB"))
+
+
+# ---- the stack -------------------------------------------------------------------------
+
+
 async def bench(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], list[str]]:
     # Ctrl-C / SIGTERM cancel the run; the finally blocks (here and in main) stop every process.
     task = asyncio.current_task()
@@ -383,8 +673,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], lis
 
 async def _bench(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], list[str]]:
     size = SIZES["quick" if args.quick else "full"]
-    reps = args.repeats
-    py = sys.executable
+    selected = [FIGURES[name] for name in FIGURES if name in args.only]
     notes: list[str] = []
     profile_dir = Path(args.profile).resolve() if args.profile else None
     if profile_dir:
@@ -393,325 +682,82 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], li
 
     connected = [f"c{i:03d}" for i in range(size["connected"])]
     rest_only = [f"r{i:03d}" for i in range(size["rest_only"])]
-    names = connected + rest_only
-
     # -- Prosody, accounts written directly into its storage
     prosody = BenchProsody(workdir / "prosody", domain=DOMAIN, component_jid=SERVICE_JID, component_secret=SECRET)
     started = time.monotonic()
-    write_accounts(prosody, {n: password(n) for n in names})
+    write_accounts(prosody, {n: password(n) for n in connected + rest_only})
     prosody.start()
     say(f"prosody up (c2s {prosody.c2s_port}, component {prosody.component_port}); "
-        f"{len(names)} accounts written in {time.monotonic() - started:.1f}s")
-    # -- a private PostgreSQL cluster (fsync on, as a deployment's): figure 1b
-    postgres = LocalPostgres(workdir / "postgres")
+        f"{len(connected) + len(rest_only)} accounts written in {time.monotonic() - started:.1f}s")
+    b = Bench(args, size, args.repeats, workdir, notes, profile_dir, prosody, connected, rest_only)
+    postgres = LocalPostgres(workdir / "postgres") if any(f.postgres for f in selected) else None
     try:
-        await asyncio.to_thread(postgres.start)
-        pg_url = postgres.create_database("presence")
-        say(f"postgresql up (127.0.0.1:{postgres.port})")
-        return await _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir, prosody,
-                                         connected, rest_only, pg_url)
+        if postgres is not None:  # a private cluster, fsync on, as a deployment's
+            await asyncio.to_thread(postgres.start)
+            b.pg_url = postgres.create_database("presence")
+            say(f"postgresql up (127.0.0.1:{postgres.port})")
+        live = [f for f in selected if f.phase == "live"]
+        if live:
+            await run_live(b, live)
+        for fig in selected:
+            if fig.phase == "stored":
+                say(f"figure {fig.name}")
+                await fig.run(b)
     finally:
-        postgres.stop()
+        if postgres is not None:
+            postgres.stop()
         prosody.stop()
-
-
-async def _bench_with_prosody(args, workdir, size, reps, py, notes, profile_dir, prosody,
-                              connected, rest_only, pg_url) -> tuple[list[Row], list[str]]:
-    rows: list[Row] = []
-    # -- the service (empty database), its idle memory first
-    service = ServiceProcess(workdir, "service", workdir / "service.sqlite3", prosody)
-    service.start()
-    # The same service on PostgreSQL (one instance), for figure 1b.
-    pg_service = ServiceProcess(workdir, "service-pg", workdir / "unused.sqlite3", prosody,
-                                component_jid="pg.example.test", storage_url=pg_url)
-    pg_service.start()
-    await pg_service.wait_healthy()
-    await service.wait_healthy()
-    await asyncio.sleep(2)
-    idle_mem = service.memory()
-    say(f"service up (pid {service.pid}, http {service.port}); idle RSS {idle_mem['VmRSS'] / 1024:.1f} MB")
-
-    base_port = free_port()
-    bare = stack.spawn([py, str(HERE / "baseline_http.py"), str(base_port)], workdir / "baseline_http.log")
-    await wait_port(base_port)
-    baseline_url = f"http://127.0.0.1:{base_port}"
-
-    clients = LineProcess([py, str(HERE / "clients.py"), "--port", str(prosody.c2s_port), "--domain", DOMAIN,
-                           *itertools.chain.from_iterable(("--user", f"{n}:{password(n)}") for n in connected)],
-                          workdir / "clients.log")
-    ready = await clients.read(180)
-    bcomp = LineProcess([py, str(HERE / "baseline_component.py"), "--jid", BASELINE_JID, "--secret", SECRET,
-                         "--port", str(prosody.component_port), "--domain", DOMAIN], workdir / "baseline_component.log")
-    await bcomp.read(60)
-    say(f"{ready['ready']} XMPP clients connected; baseline component and baseline HTTP server up")
-
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=WORKERS), timeout=timeout) as http:
-        started = time.monotonic()
-        sessions = await login_all(http, service.base_url, connected + rest_only)
-        say(f"{len(sessions)} REST logins in {time.monotonic() - started:.1f}s")
-        rest_pool = PairPool(rest_only, seed=1)
-        xmpp_pool = PairPool(connected, seed=2)
-
-        # ---- figure 1: REST create+accept pairs vs a bare aiohttp handler
-        warm = rest_pool.take(size["warmup"])
-        await create_accept(http, service.base_url, sessions, warm)
-        await create_accept(http, baseline_url, sessions, warm)
-        await wait_outbox_empty(service.db_path)
-        svc_rps, base_rps = [], []
-        loadgen = os.getpid()
-        cpu_pids = {"service": service.pid, "prosody": prosody.pid, "clients": clients.proc.pid,
-                    "load generator": loadgen}
-        base_pids = {"baseline component": bcomp.proc.pid, "prosody": prosody.pid, "clients": clients.proc.pid}
-        fig1_cpu = CpuMeter(cpu_pids)
-        fig1_base_cpu = CpuMeter({"bare aiohttp": bare.pid, "load generator": loadgen})
-        for rep in range(reps):
-            pairs = rest_pool.take(size["rest_pairs"])
-            order = ("baseline", "service") if rep % 2 == 0 else ("service", "baseline")
-            for who in order:
-                if who == "service":
-                    fig1_cpu.start()
-                    async with profiled(service.pid, profile_dir, f"fig1-rest-{rep}"):
-                        res = await create_accept(http, service.base_url, sessions, pairs)
-                    svc_rps.append(res.requests / res.elapsed)
-                    await wait_outbox_empty(service.db_path, timeout=900)
-                    fig1_cpu.stop()
-                else:
-                    fig1_base_cpu.start()
-                    res = await create_accept(http, baseline_url, sessions, pairs)
-                    fig1_base_cpu.stop()
-                    base_rps.append(res.requests / res.elapsed)
-            say(f"fig1 round {rep + 1}/{reps}: service {svc_rps[-1]:.0f} req/s, bare aiohttp {base_rps[-1]:.0f} req/s")
-        s, b = med(svc_rps), med(base_rps)
-        sqlite_cycles = s
-        rows.append(Row(f"REST create+accept, {WORKERS} clients", f"{s:.0f} req/s ({s / 2:.0f} pairs/s)",
-                        f"{b:.0f} req/s bare aiohttp", f"{s / b:.2f}", ">= 0.50", s / b >= 0.5,
-                        f"service req/s {fmt_list(svc_rps)}, baseline {fmt_list(base_rps)}; "
-                        f"{fig1_cpu.per(reps * 2 * size['rest_pairs'], 'request, delivery included')}; "
-                        f"baseline {fig1_base_cpu.per(reps * 2 * size['rest_pairs'], 'request')}"))
-
-        # ---- figure 1b: the same sustained create+accept cycles, the service on PostgreSQL
-        # (one instance, pool of 10) beside the same service on SQLite, alternating first
-        # place; the outbox is delivered within each round, as in figure 1.
-        pg_sessions = await login_all(http, pg_service.base_url, rest_only)
-        await create_accept(http, pg_service.base_url, pg_sessions, warm)  # its own database: same pairs
-        await wait_outbox_empty(pg_service.db_path)
-        pg_rps, sq_rps = [], []
-        # PostgreSQL's own backends are not counted (separate processes of its server).
-        fig1b_cpu = CpuMeter({"service": pg_service.pid, "prosody": prosody.pid})
-        for rep in range(reps):
-            pairs = rest_pool.take(size["rest_pairs"])  # new for SQLite; the PostgreSQL db never saw them
-            order = ("postgresql", "sqlite") if rep % 2 == 0 else ("sqlite", "postgresql")
-            for who in order:
-                target, who_sessions = (pg_service, pg_sessions) if who == "postgresql" else (service, sessions)
-                if who == "postgresql":
-                    fig1b_cpu.start()
-                res = await create_accept(http, target.base_url, who_sessions, pairs)
-                await wait_outbox_empty(target.db_path, timeout=900)
-                if who == "postgresql":
-                    fig1b_cpu.stop()
-                    pg_rps.append(res.requests / res.elapsed)
-                else:
-                    sq_rps.append(res.requests / res.elapsed)
-            say(f"fig1b round {rep + 1}/{reps}: PostgreSQL {pg_rps[-1]:.0f} req/s, SQLite {sq_rps[-1]:.0f} req/s")
-        p, q = med(pg_rps), med(sq_rps)
-        rows.append(Row(f"REST create+accept on PostgreSQL, {WORKERS} clients", f"{p:.0f} req/s ({p / 2:.0f} pairs/s)",
-                        f"{q:.0f} req/s on SQLite", f"{p / q:.2f}", "-", None,
-                        f"PostgreSQL (1 instance, serializable, fsync on) {fmt_list(pg_rps)}, SQLite {fmt_list(sq_rps)} "
-                        f"(figure 1's SQLite median {sqlite_cycles:.0f}); "
-                        f"{fig1b_cpu.per(reps * 2 * size['rest_pairs'], 'request, delivery included')}"))
-
-        # ---- REST reads (issue #14): get one request and list the first page, alternating,
-        # 32 workers, vs the bare aiohttp JSON handler with the same load generator and paths.
-        read_pairs = rest_pool.take(8)  # 8 requests, read in turn by their senders
-        made = await creates(http, service.base_url, sessions, read_pairs)
-        await wait_outbox_empty(service.db_path)
-        readers = [(sessions[sender], rid) for (sender, _), rid in zip(read_pairs, made.ids)]
-        read_jobs = [(readers[i % len(readers)], i % 2) for i in range(size["reads"])]
-
-        async def reads(base: str) -> float:
-            async def work(job: tuple[tuple[Session, str], int]) -> None:
-                (who, rid), kind = job
-                url = f"{base}{who.presences}/{rid}" if kind == 0 else f"{base}{who.presences}/sent"
-                await _call(http, "GET", url, who.headers)
-
-            return await run_workers(read_jobs, work)
-
-        await reads(service.base_url)  # warm-up (not counted)
-        await reads(baseline_url)
-        svc_reads, base_reads = [], []
-        reads_cpu = CpuMeter({"service": service.pid, "load generator": loadgen})
-        reads_base_cpu = CpuMeter({"bare aiohttp": bare.pid, "load generator": loadgen})
-        for rep in range(reps):
-            order = ("baseline", "service") if rep % 2 == 0 else ("service", "baseline")
-            for who in order:
-                meter, base, out = ((reads_cpu, service.base_url, svc_reads) if who == "service"
-                                    else (reads_base_cpu, baseline_url, base_reads))
-                meter.start()
-                elapsed = await reads(base)
-                meter.stop()
-                out.append(len(read_jobs) / elapsed)
-            say(f"reads round {rep + 1}/{reps}: service {svc_reads[-1]:.0f} req/s, bare aiohttp {base_reads[-1]:.0f} req/s")
-        s, b = med(svc_reads), med(base_reads)
-        rows.append(Row(f"REST reads (get one, list first page), {WORKERS} clients", f"{s:.0f} req/s",
-                        f"{b:.0f} req/s bare aiohttp", f"{s / b:.2f}", ">= 0.50", s / b >= 0.5,
-                        f"service req/s {fmt_list(svc_reads)}, baseline {fmt_list(base_reads)}; "
-                        f"{reads_cpu.per(reps * len(read_jobs), 'read')}; "
-                        f"baseline {reads_base_cpu.per(reps * len(read_jobs), 'read')}"))
-
-        # ---- figure 2: management messages during a handshake storm vs plain component messages
-        svc_mps, base_mps, storm_rest = [], [], []
-        fig2_cpu = CpuMeter(cpu_pids)
-        fig2_base_cpu = CpuMeter(base_pids)
-        for rep in range(reps):
-            pairs = xmpp_pool.take(size["storm"])
-            expected = 2 * len(pairs)
-            recipients = [f"{n}@{DOMAIN}" for pair in pairs for n in pair]
-            order = ("baseline", "service") if rep % 2 == 0 else ("service", "baseline")
-            for who in order:
-                await clients.call({"cmd": "reset"})
-                if who == "service":
-                    t0 = time.monotonic()
-                    fig2_cpu.start()
-                    async with profiled(service.pid, profile_dir, f"fig2-storm-{rep}"):
-                        res = await creates(http, service.base_url, sessions, pairs)
-                        got = await clients.call({"cmd": "wait", "kind": "management", "count": expected, "timeout": 300})
-                    if got["count"] < expected:
-                        raise BenchError(f"storm: {got['count']} of {expected} management messages arrived")
-                    svc_mps.append(expected / (got["last"] - t0))
-                    storm_rest.append(res.requests / res.elapsed)
-                    await wait_outbox_empty(service.db_path)
-                    fig2_cpu.stop()
-                else:
-                    t0 = time.monotonic()
-                    fig2_base_cpu.start()
-                    await bcomp.call({"cmd": "messages", "to": recipients})
-                    got = await clients.call({"cmd": "wait", "kind": "chat", "count": expected, "timeout": 300})
-                    fig2_base_cpu.stop()
-                    if got["count"] < expected:
-                        raise BenchError(f"baseline: {got['count']} of {expected} chat messages arrived")
-                    base_mps.append(expected / (got["last"] - t0))
-            say(f"fig2 round {rep + 1}/{reps}: service {svc_mps[-1]:.0f} msg/s (creates {storm_rest[-1]:.0f}/s), "
-                f"plain component {base_mps[-1]:.0f} msg/s")
-        s, b = med(svc_mps), med(base_mps)
-        rows.append(Row(f"mgmt messages/s, storm of {size['storm']} creates, {len(connected)} clients",
-                        f"{s:.0f} msg/s", f"{b:.0f} msg/s plain component", f"{s / b:.2f}", ">= 0.70", s / b >= 0.7,
-                        f"service {fmt_list(svc_mps)} (REST creates/s during the storm {fmt_list(storm_rest)}), "
-                        f"baseline {fmt_list(base_mps)}; {fig2_cpu.per(reps * 2 * size['storm'], 'message')}; "
-                        f"baseline {fig2_base_cpu.per(reps * 2 * size['storm'], 'message')}"))
-
-        # ---- figure 3: accepts/s including the XEP-0356 roster sets vs the same roster sets alone
-        svc_aps, base_aps, traffic_aps, accept_rest = [], [], [], []
-        fig3_cpu = CpuMeter(cpu_pids)
-        fig3_base_cpu = CpuMeter(base_pids)
-        fig3_traffic_cpu = CpuMeter(base_pids)
-        for rep in range(reps):
-            pairs = xmpp_pool.take(size["accepts"])
-            made = await creates(http, service.base_url, sessions, pairs)  # pending requests (not measured)
-            await wait_outbox_empty(service.db_path)
-            items = [item for s_, r_ in pairs for item in
-                     ([f"{s_}@{DOMAIN}", f"{r_}@{DOMAIN}", "to"], [f"{r_}@{DOMAIN}", f"{s_}@{DOMAIN}", "from"])]
-            # Baseline first: it adds the items; the service then sets the same items again
-            # (Prosody rewrites the whole roster either way, so both see the same roster sizes).
-            t0 = time.monotonic()
-            fig3_base_cpu.start()
-            got = await bcomp.call({"cmd": "roster", "items": items, "concurrency": ROSTER_CONCURRENCY})
-            fig3_base_cpu.stop()
-            if got["errors"]:
-                raise BenchError(f"baseline roster sets: {got['errors']} errors")
-            base_aps.append(len(pairs) / (time.monotonic() - t0))
-            # The same XMPP traffic as the service's accepts (the roster sets and the two
-            # messages per accept), from the plain component: what is left is the service's.
-            messages = [f"{n}@{DOMAIN}" for pair in pairs for n in pair]
-            t0 = time.monotonic()
-            fig3_traffic_cpu.start()
-            got = await bcomp.call({"cmd": "roster", "items": items, "concurrency": ROSTER_CONCURRENCY,
-                                    "messages": messages})
-            fig3_traffic_cpu.stop()
-            if got["errors"]:
-                raise BenchError(f"baseline roster sets with messages: {got['errors']} errors")
-            traffic_aps.append(len(pairs) / (time.monotonic() - t0))
-            t0 = time.monotonic()
-            fig3_cpu.start()
-            async with profiled(service.pid, profile_dir, f"fig3-accepts-{rep}"):
-                res = await accepts(http, service.base_url, sessions, pairs, made.ids)
-                done = await wait_outbox_empty(service.db_path, timeout=900, poll=0.01)
-            fig3_cpu.stop()
-            svc_aps.append(len(pairs) / (done - t0))
-            accept_rest.append(len(pairs) / res.elapsed)
-            say(f"fig3 round {rep + 1}/{reps}: service {svc_aps[-1]:.0f} accepts/s, "
-                f"plain roster sets {base_aps[-1]:.0f} pairs/s, with the messages {traffic_aps[-1]:.0f} pairs/s")
-        s, b = med(svc_aps), med(base_aps)
-        rows.append(Row(f"accepts/s incl. XEP-0356 rosters ({size['accepts']} accepts)", f"{s:.0f} accepts/s",
-                        f"{b:.0f} pairs/s plain roster sets", f"{s / b:.2f}", ">= 0.80", s / b >= 0.8,
-                        f"service {fmt_list(svc_aps)} (REST accept answers alone: {fmt_list(accept_rest)}/s), "
-                        f"baseline {fmt_list(base_aps)} (2 roster sets per accept, {ROSTER_CONCURRENCY} in flight); "
-                        f"{fig3_cpu.per(reps * size['accepts'], 'accept')}; baseline "
-                        f"{fig3_base_cpu.per(reps * size['accepts'], 'pair of roster sets')}"))
-        t = med(traffic_aps)
-        rows.append(Row("accepts/s vs the same XMPP traffic from a plain component", f"{s:.0f} accepts/s",
-                        f"{t:.0f} pairs/s sets + 2 msgs", f"{s / t:.2f}", "-", None,
-                        f"plain component {fmt_list(traffic_aps)} (the roster sets above plus the two "
-                        f"messages per accept); "
-                        f"{fig3_traffic_cpu.per(reps * size['accepts'], 'pair of roster sets and 2 messages')}"))
-
-    # ---- phase B: stored requests. Stop phase A's processes first (CPU for the rest).
-    service.stop()
-    pg_service.stop()
-    clients.quit()
-    bcomp.quit()
-    outbox_jids = [f"{n}@{DOMAIN}" for n in rest_only]
-    small_n, large_n = size["small_rows"], size["large_rows"]
-    dbs = {}
-    for label, n in (("small", small_n), ("large", large_n)):
-        started = time.monotonic()
-        dbs[label] = await asyncio.to_thread(populate_db, workdir / f"store-{label}.sqlite3", n, outbox_jids)
-        say(f"database with {n} requests + 1000 outbox rows written in {time.monotonic() - started:.1f}s")
-    # The populated users have no XMPP account: the account checks would revoke the
-    # measured user's token (as they should for a real deployment).
-    services = {label: ServiceProcess(workdir, f"store-{label}", dbs[label].path, prosody,
-                                      component_jid=f"store-{label}.{DOMAIN}",
-                                      auth={"account_check_s": 0}) for label in dbs}
-    for svc in services.values():
-        svc.start()
-    for label, svc in services.items():
-        await svc.wait_healthy()
-        await wait_outbox_empty(svc.db_path, timeout=600)  # the 1000 outbox rows delivered
-    say("stored-request services up, their outbox rows delivered")
-    p50s: dict[str, list[float]] = {"small": [], "large": []}
-    p99s: dict[str, list[float]] = {"small": [], "large": []}
-    for rep in range(reps):
-        for label in (("small", "large") if rep % 2 == 0 else ("large", "small")):
-            db = dbs[label]
-            lat = await list_latencies(services[label].base_url, db.measured_user_id, db.measured_token,
-                                       size["latency_requests"], warmup=20)
-            p50s[label].append(percentile(lat, 0.50))
-            p99s[label].append(percentile(lat, 0.99))
-        say(f"fig4 round {rep + 1}/{reps}: {rows_label(small_n)} p50 {p50s['small'][-1]:.2f} p99 {p99s['small'][-1]:.2f} ms; "
-            f"{rows_label(large_n)} p50 {p50s['large'][-1]:.2f} p99 {p99s['large'][-1]:.2f} ms")
-    mem = {label: svc.memory() for label, svc in services.items()}
-    for svc in services.values():
-        svc.stop()
-
-    S, L = rows_label(small_n), rows_label(large_n)
-    p50_s, p50_l, p99_s, p99_l = med(p50s["small"]), med(p50s["large"]), med(p99s["small"]), med(p99s["large"])
-    rows.append(Row(f"list received p50 (first page of 200), {L} rows", f"{p50_l:.2f} ms", f"{p50_s:.2f} ms at {S}",
-                    f"{p50_l / p50_s:.2f}", "-", None,
-                    f"{L}: {fmt_list(p50s['large'], 2)}; {S}: {fmt_list(p50s['small'], 2)} "
-                    f"({size['latency_requests']} sequential requests per round)"))
-    rows.append(Row(f"list received p99 (first page of 200), {L} rows", f"{p99_l:.2f} ms", f"{p99_s:.2f} ms at {S}",
-                    f"{p99_l / p99_s:.2f}", "<= 1.5x and < 10 ms", p99_l <= 1.5 * p99_s and p99_l < 10,
-                    f"{L}: {fmt_list(p99s['large'], 2)}; {S}: {fmt_list(p99s['small'], 2)}"))
-    hwm_l, hwm_s, idle = mem["large"]["VmHWM"] / 1024, mem["small"]["VmHWM"] / 1024, idle_mem["VmHWM"] / 1024
-    growth = hwm_l - hwm_s
-    rows.append(Row(f"service peak RSS, {L} rows + 1k outbox rows", f"{hwm_l:.1f} MB", f"{idle:.1f} MB idle, empty db",
-                    f"{hwm_l / idle:.2f}", f"< 150 MB; +{L} vs {S} <= 10 MB", hwm_l < 150 and growth <= 10,
-                    f"VmHWM {S}: {hwm_s:.1f} MB, {L}: {hwm_l:.1f} MB (growth {growth:+.1f} MB); VmRSS now "
-                    f"{S}: {mem['small']['VmRSS'] / 1024:.1f} MB, {L}: {mem['large']['VmRSS'] / 1024:.1f} MB; "
-                    f"empty db idle VmRSS {idle_mem['VmRSS'] / 1024:.1f} MB"))
-    notes.append(f"{reps} rounds per figure, medians shown; baseline and service alternate first place each round")
+    notes.append(f"{b.reps} rounds per figure, medians shown; baseline and service alternate first place each round")
     notes.append("the load generator, the XMPP clients, Prosody and the service share this machine's CPUs")
-    return rows, notes
+    return b.rows, notes
+
+
+async def run_live(b: Bench, figures: list[Figure]) -> None:
+    """Start the live stack, run `figures` on it, stop its processes (CPU for what follows)."""
+    py = sys.executable
+    b.service = service = ServiceProcess(b.workdir, "service", b.workdir / "service.sqlite3", b.prosody)
+    service.start()
+    clients = bcomp = bare = None
+    try:
+        await service.wait_healthy()
+        await asyncio.sleep(2)
+        b.idle_mem = service.memory()
+        say(f"service up (pid {service.pid}, http {service.port}); idle RSS {b.idle_mem['VmRSS'] / 1024:.1f} MB")
+        base_port = free_port()
+        bare = stack.spawn([py, str(HERE / "baseline_http.py"), str(base_port)], b.workdir / "baseline_http.log")
+        b.bare_pid = bare.pid
+        await wait_port(base_port)
+        b.bare_url = f"http://127.0.0.1:{base_port}"
+        b.clients = clients = LineProcess(
+            [py, str(HERE / "clients.py"), "--port", str(b.prosody.c2s_port), "--domain", DOMAIN,
+             *itertools.chain.from_iterable(("--user", f"{n}:{password(n)}") for n in b.connected)],
+            b.workdir / "clients.log")
+        ready = await clients.read(180)
+        b.bcomp = bcomp = LineProcess(
+            [py, str(HERE / "baseline_component.py"), "--jid", BASELINE_JID, "--secret", SECRET,
+             "--port", str(b.prosody.component_port), "--domain", DOMAIN], b.workdir / "baseline_component.log")
+        await bcomp.read(60)
+        say(f"{ready['ready']} XMPP clients connected; baseline component and baseline HTTP server up")
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=WORKERS), timeout=timeout) as http:
+            b.http = http
+            started = time.monotonic()
+            b.sessions = await login_all(http, service.base_url, b.connected + b.rest_only)
+            say(f"{len(b.sessions)} REST logins in {time.monotonic() - started:.1f}s")
+            b.rest_pool = PairPool(b.rest_only[len(READERS):], seed=1)
+            b.xmpp_pool = PairPool(b.connected, seed=2)
+            for fig in figures:
+                say(f"figure {fig.name}")
+                await fig.run(b)
+    finally:
+        b.http = None
+        service.stop()
+        if clients is not None:
+            clients.quit()
+        if bcomp is not None:
+            bcomp.quit()
+        if bare is not None:
+            stack.stop(bare)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -720,9 +766,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds per figure (medians reported), default 3")
     parser.add_argument("--profile", metavar="DIR", help="record the service with py-spy during its rounds")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    parser.add_argument("--only", metavar="NAMES", default=",".join(FIGURES),
+                        help=f"comma-separated figures to run, in this order: {','.join(FIGURES)} (default: all)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    args.only = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = args.only - FIGURES.keys()
+    if unknown or not args.only:
+        parser.error(f"--only: unknown figure(s) {', '.join(sorted(unknown)) or '(none given)'}; "
+                     f"known: {', '.join(FIGURES)}")
 
     def on_term(_signum, _frame):  # outside the event loop (setup); inside it, bench() handles signals
         raise KeyboardInterrupt

@@ -68,6 +68,18 @@ def kill_all() -> None:
     PROCS.clear()
 
 
+def stop(proc: subprocess.Popen | None) -> None:
+    """SIGTERM `proc`'s process group, SIGKILL it after 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
 def spawn(argv: list[str], log_path: Path, stdin_pipe: bool = False) -> subprocess.Popen:
     log = open(log_path, "ab")
     proc = subprocess.Popen(
@@ -236,9 +248,10 @@ class ServiceProcess:
     def start(self) -> None:
         self.proc = spawn([sys.executable, "-m", "component", "--config", str(self.config_path)], self.log_path)
 
-    async def wait_healthy(self, timeout: float = 60) -> None:
+    async def wait_healthy(self, timeout: float = 60, want: dict[str, str] | None = None) -> None:
+        """Until /healthz answers 200 with `want` (default: connected, storage ok, roster granted)."""
         deadline = time.monotonic() + timeout
-        want = {"xmpp": "connected", "storage": "ok", "roster": "granted"}
+        want = want or {"xmpp": "connected", "storage": "ok", "roster": "granted"}
         last: Any = None
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
@@ -258,14 +271,7 @@ class ServiceProcess:
         return read_status(self.pid)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        stop(self.proc)
 
 
 def outbox_count(db_path: Path) -> int:
