@@ -152,7 +152,7 @@ class Identity:
             raise Unauthorized("invalid login or password") from exc
         self.check_served(jid)
         client = address or "-"
-        attempt = self.login_limiter.admit(jid, address)
+        attempt = await self.login_limiter.acquire(jid, address)
         if isinstance(attempt, int):
             log.warning(
                 "login refused for %s from %s: too many failed logins, retry in %d s", jid, client, attempt

@@ -128,7 +128,7 @@ class AuthConfig:
     c2s_tls_ca_file: str = ""
     token_ttl_s: int = field(default=86400, metadata=between(1, 366 * 86400))
     login_timeout_s: float = field(default=10.0, metadata=between(0.1, 300))
-    max_concurrent_logins: int = field(default=8, metadata=between(1, 1000))
+    max_concurrent_logins: int = field(default=32, metadata=between(1, 1000))
     # Failed logins allowed within login_failure_window_s: per JID from one client
     # address, and per client address whatever the JIDs (DESIGN "Operations").
     login_failures_per_jid: int = field(default=5, metadata=between(1))
@@ -148,6 +148,8 @@ class AuthConfig:
             per_address=self.login_failures_per_address,
             window_s=self.login_failure_window_s,
             max_tracked=self.login_limit_max_tracked,
+            # A running check has its verdict within login_timeout_s of getting its slot.
+            in_flight_wait_s=2 * self.login_timeout_s,
         )
 
 

@@ -5,9 +5,12 @@ within `window_s` are refused (429) until the oldest of them is older than the
 window; so are more than `per_address` failed logins from one address, whatever the
 JIDs (one address spraying many accounts). A check that is still running counts
 against the budget too, so a burst of concurrent guesses cannot overrun it before
-the first verdict. A correct password clears that JID's failures from that address
-(not the address's own count). Refused attempts never reach the XMPP server and are
-not counted.
+the first verdict. An attempt held back only by checks still running waits for
+their verdicts (`acquire`), beside at most `per_address` others from its address, and
+is decided again: the morning rush from one office's address is served, a burst of
+guesses still meets the budget. A correct password clears that JID's failures from
+that address (not the address's own count). Refused attempts never reach the XMPP
+server and are not counted.
 
 Memory is bounded: an entry is forgotten once it holds nothing younger than the
 window, and at most `max_tracked` entries (pairs and addresses together) are kept;
@@ -16,6 +19,7 @@ beyond that the least recently used are forgotten first.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections import OrderedDict
@@ -35,9 +39,12 @@ class LoginLimits:
     per_address: int = 20
     window_s: float = 60.0
     max_tracked: int = 10_000
+    # How long an attempt held back only by checks still running waits for their verdicts.
+    in_flight_wait_s: float = 20.0
 
     def __post_init__(self) -> None:
-        if self.per_jid < 1 or self.per_address < 1 or self.window_s <= 0 or self.max_tracked < 2:
+        if (self.per_jid < 1 or self.per_address < 1 or self.window_s <= 0 or self.max_tracked < 2
+                or self.in_flight_wait_s < 0):
             raise ValueError(f"unusable login limits: {self}")
 
 
@@ -58,15 +65,18 @@ def address_key(address: str | None) -> str:
 
 
 class _Failures:
-    """Recent failure times (ms, oldest first, at most the budget) and running checks."""
+    """Recent failure times (ms, oldest first, at most the budget), running checks, and
+    the attempts waiting for their verdicts (`settled` resolves at the next verdict)."""
 
-    __slots__ = ("key", "times", "running", "touched_ms")
+    __slots__ = ("key", "times", "running", "touched_ms", "waiting", "settled")
 
     def __init__(self, key: tuple[str | None, str], now_ms: int) -> None:
         self.key = key
         self.times: list[int] = []
         self.running = 0
         self.touched_ms = now_ms
+        self.waiting = 0
+        self.settled: asyncio.Future[None] | None = None
 
     def wait_ms(self, now_ms: int, budget: int, window_ms: int) -> int:
         """0 if one more attempt fits in the budget, else how long until one does."""
@@ -101,6 +111,36 @@ class LoginLimiter:
 
     def admit(self, jid: str, address: str | None) -> LoginAttempt | int:
         """An attempt that may go to the XMPP server, or the seconds (>= 1) to wait."""
+        decided = self._decide(jid, address)
+        return max(1, -(-IN_FLIGHT_RETRY_MS // 1000)) if isinstance(decided, _Failures) else decided
+
+    async def acquire(self, jid: str, address: str | None) -> LoginAttempt | int:
+        """As `admit`, except that an attempt held back only by checks still running
+        waits for their verdicts, up to `in_flight_wait_s` and beside at most
+        `per_address` others from its address, then is decided again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.in_flight_wait_s
+        while True:
+            decided = self._decide(jid, address)
+            if not isinstance(decided, _Failures):
+                return decided
+            left = deadline - loop.time()
+            if left <= 0 or decided.waiting >= self.limits.per_address:
+                return max(1, -(-IN_FLIGHT_RETRY_MS // 1000))
+            if decided.settled is None or decided.settled.done():
+                decided.settled = loop.create_future()
+            decided.waiting += 1
+            try:
+                await asyncio.wait_for(asyncio.shield(decided.settled), left)
+            except TimeoutError:
+                pass
+            finally:
+                decided.waiting -= 1
+
+    def _decide(self, jid: str, address: str | None) -> LoginAttempt | int | _Failures:
+        """An admitted attempt; the seconds (>= 1) until failures leave the budget; or,
+        when only checks still running fill it, the address's entry (their verdicts
+        resolve its `settled`)."""
         now = self.clock.now_ms()
         self._forget_expired(now)
         client = address_key(address)
@@ -110,6 +150,8 @@ class LoginLimiter:
             pair.wait_ms(now, self.limits.per_jid, self._window_ms),
             alone.wait_ms(now, self.limits.per_address, self._window_ms),
         )
+        if wait > 0 and len(pair.times) < self.limits.per_jid and len(alone.times) < self.limits.per_address:
+            return alone  # held by running checks only; each of their verdicts settles `alone`
         if wait > 0:
             return max(1, -(-wait // 1000))
         pair.running += 1
@@ -134,6 +176,9 @@ class LoginLimiter:
             self._touch(entry, now)
         if succeeded:
             attempt.jid_entry.times.clear()
+        settled = attempt.address_entry.settled
+        if settled is not None and not settled.done():
+            settled.set_result(None)  # the attempts waiting on this address decide again
 
     def _entry(self, key: tuple[str | None, str], now: int) -> _Failures:
         entry = self._entries.get(key)

@@ -590,15 +590,32 @@ async def test_a_burst_of_guesses_from_one_address_mostly_never_reaches_the_serv
     real = asyncio.create_task(identity.login("carol@example.test", "carol-pw", AWAY))
     await asyncio.sleep(0)
     # Refused at once, while every admitted check still waits for the server: the
-    # refused ones hold no check slot.
+    # refused ones hold no check slot. 20 more wait for the running checks' verdicts.
     refused = [t for t in guesses if t.done()]
-    assert len(refused) == 130 and all(isinstance(t.exception(), TooManyLogins) for t in refused)
+    assert len(refused) == 110 and all(isinstance(t.exception(), TooManyLogins) for t in refused)
     assert len(verifier.asked) == 21  # the address's budget of 20, and carol
     verifier.open.set()
     _, carol = await real
     assert carol.jid == "carol@example.test"
     results = await asyncio.gather(*guesses, return_exceptions=True)
+    # The 20 checks failed: the 20 waiting met a spent budget, without asking the server.
     assert sum(isinstance(r, Unauthorized) for r in results) == 20
+    assert sum(isinstance(r, TooManyLogins) for r in results) == 130
+    assert len(verifier.asked) == 21
+
+
+async def test_a_morning_rush_from_one_address_logs_everyone_in(db: Database, clock: FixedClock) -> None:
+    """30 people behind one office address log in at once with the default limits: the
+    checks beyond the address's budget wait for the first verdicts instead of a 429."""
+    verifier = GatedVerifier()
+    identity = Identity(db, clock, SERVED, verifier, TOKEN_TTL_S)
+    rush = [asyncio.create_task(identity.login(f"user{n}@example.test", f"user{n}-pw", HOME)) for n in range(30)]
+    await asyncio.sleep(0)
+    assert len(verifier.asked) == 20 and not any(t.done() for t in rush)
+    verifier.open.set()
+    users = [user for _, user in await asyncio.gather(*rush)]
+    assert sorted(u.jid for u in users) == sorted(f"user{n}@example.test" for n in range(30))
+    assert len(verifier.asked) == 30
 
 
 async def test_an_unreachable_server_counts_no_failure(db: Database, clock: FixedClock) -> None:

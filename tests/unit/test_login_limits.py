@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -82,6 +83,60 @@ def test_checks_still_running_count_against_the_budget(limiter: LoginLimiter) ->
     for attempt in [*running[1:], again]:
         limiter.settle(attempt, False)
     assert limiter.admit(ALICE, HOME) == 60
+
+
+async def test_an_attempt_held_only_by_running_checks_waits_for_their_verdicts(limiter: LoginLimiter) -> None:
+    """The morning rush: 30 people behind one office address log in at once. The 20
+    running checks fill the address's budget; the other 10 wait and go in as the first
+    verdicts (correct passwords) come, instead of a 429."""
+    running = [await limiter.acquire(f"user{n}@example.test", HOME) for n in range(20)]
+    assert all(isinstance(a, LoginAttempt) for a in running)
+    waiting = [asyncio.create_task(limiter.acquire(f"late{n}@example.test", HOME)) for n in range(10)]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in waiting)
+    for attempt in running[:10]:
+        limiter.settle(attempt, True)
+    admitted = await asyncio.gather(*waiting)
+    assert all(isinstance(a, LoginAttempt) for a in admitted)
+
+
+async def test_waiting_attempts_meet_the_budget_when_the_running_checks_fail(limiter: LoginLimiter) -> None:
+    """A burst of guesses: those waiting get the 429 once the running ones fail."""
+    running = [await limiter.acquire(ALICE, HOME) for _ in range(5)]
+    waiting = [asyncio.create_task(limiter.acquire(ALICE, HOME)) for _ in range(3)]
+    await asyncio.sleep(0)
+    for attempt in running:
+        limiter.settle(attempt, False)
+    assert await asyncio.gather(*waiting) == [60, 60, 60]
+
+
+async def test_at_most_per_address_attempts_wait_and_none_longer_than_in_flight_wait_s(clock: FixedClock) -> None:
+    limiter = LoginLimiter(clock, LoginLimits(per_jid=5, per_address=2, window_s=60, in_flight_wait_s=0.05))
+    running = [await limiter.acquire(f"user{n}@example.test", HOME) for n in range(2)]
+    assert all(isinstance(a, LoginAttempt) for a in running)
+    waiting = [asyncio.create_task(limiter.acquire(f"late{n}@example.test", HOME)) for n in range(2)]
+    await asyncio.sleep(0)
+    assert await limiter.acquire("third@example.test", HOME) == 1  # two already wait
+    assert await asyncio.gather(*waiting) == [1, 1]  # no verdict within in_flight_wait_s
+    limiter.settle(running[0], True)
+    assert isinstance(await limiter.acquire("third@example.test", HOME), LoginAttempt)
+
+
+async def test_a_cancelled_wait_leaves_no_waiter_behind(clock: FixedClock) -> None:
+    limiter = LoginLimiter(clock, LoginLimits(per_jid=5, per_address=2, window_s=60))
+    running = [await limiter.acquire(f"user{n}@example.test", HOME) for n in range(2)]
+    gone = asyncio.create_task(limiter.acquire(ALICE, HOME))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    # Its place among the two that may wait is free again: two new attempts wait.
+    waiting = [asyncio.create_task(limiter.acquire(f"late{n}@example.test", HOME)) for n in range(2)]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in waiting)
+    for attempt in running:
+        limiter.settle(attempt, True)
+    assert all(isinstance(a, LoginAttempt) for a in await asyncio.gather(*waiting))
 
 
 def test_a_correct_password_clears_that_jids_failures_not_the_addresss(limiter: LoginLimiter) -> None:
