@@ -331,7 +331,7 @@ def print_table(rows: list[Row], info: list[str], mode: str, notes: list[str]) -
     headers = ("figure", "value", "baseline (same run)", "ratio", "target", "result")
     cells = [(r.figure, r.value, r.baseline, r.ratio, r.target,
               "info" if r.ok is None else "PASS" if r.ok else "FAIL") for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"
     print()
     print(f"presence-consent benchmark ({mode} run)")
