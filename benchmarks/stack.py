@@ -40,9 +40,11 @@ from storage import Database  # noqa: E402
 DOMAIN = "example.test"
 SERVICE_JID = "presence.example.test"
 BASELINE_JID = "baseline.example.test"
+# benchmarks/reference_service.py's JID: the reference minimal component (issue #14).
+REFERENCE_JID = "reference.example.test"
 SECRET = "bench-component-secret"
 # pg.example.test: the service on PostgreSQL, measured beside the SQLite one (figure 1b).
-EXTRA_COMPONENTS = (BASELINE_JID, "store-small.example.test", "store-large.example.test", "pg.example.test")
+EXTRA_COMPONENTS = (BASELINE_JID, REFERENCE_JID, "store-small.example.test", "store-large.example.test", "pg.example.test")
 
 PROCS: list[subprocess.Popen] = []
 
