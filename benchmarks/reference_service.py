@@ -57,9 +57,11 @@ row's attributes, the readable `<body>` (component.xmpp.notices.management_body,
 service's default `readable_notifications = true`) and the XEP-0334 `<store/>` hint.
 
 Delivery, as the service's outbox dispatcher (component/delivery.py) minus what a minimal
-component leaves out: rows are sent in commit order straight from the transaction that
-wrote them (the service reads them back from the outbox table), at most `--max-iqs` roster
-IQs in flight (the service's default max_concurrent_iqs, 20); confirmation is one at a
+component leaves out: rows are taken straight from the transaction that wrote them (the
+service reads them back from the outbox table); the messages go at once, the roster
+changes after the roster_items commit, in commit order (each item's changes stay in
+order on the one stream), at most `--max-iqs` roster IQs in flight (the service's
+default max_concurrent_iqs, 20); confirmation is one at a
 time in the background: every roster answer of the window, then a ping to the domain
 (the stream is ordered: its answer means the server processed the messages), then one
 commit deleting the window's rows and saving the records. Left out: the roster read
@@ -336,6 +338,14 @@ class Delivery:
             rows, self.queue = self.queue, []
             if not rows:
                 continue
+            ids = [r[0] for r in rows]
+            for row_id, kind, recipient, payload in rows:
+                if kind == "message":  # at once; the roster changes may wait for a commit
+                    msg = management_message(self.xmpp, recipient, me, f"ph-{row_id}")
+                    ET.SubElement(msg.xml, f"{{{NS_CONFIGURATION}}}presencehandshake", payload["handshake"])
+                    msg["body"] = management_body(payload, me)
+                    ET.SubElement(msg.xml, "{urn:xmpp:hints}store")
+                    msg.send()
             now = int(time.time() * 1000)
             created = [(r[2], r[3]["jid"]) for r in rows if r[1] == "roster" and r[3]["op"] == "add"]
             if created:  # storage/rosters.py mark_created: durable before the set that creates the item
@@ -347,15 +357,9 @@ class Delivery:
                         [(owner, contact, now) for owner, contact in created])
 
                 await self.writer.run(mark)
-            ids, iqs, records = [], [], []
-            for row_id, kind, recipient, payload in rows:
-                ids.append(row_id)
-                if kind == "message":
-                    msg = management_message(self.xmpp, recipient, me, f"ph-{row_id}")
-                    ET.SubElement(msg.xml, f"{{{NS_CONFIGURATION}}}presencehandshake", payload["handshake"])
-                    msg["body"] = management_body(payload, me)
-                    ET.SubElement(msg.xml, "{urn:xmpp:hints}store")
-                    msg.send()
+            iqs, records = [], []
+            for _row_id, kind, recipient, payload in rows:
+                if kind != "roster":
                     continue
                 add = payload["op"] == "add"
                 await self.slots.acquire()  # in order: the stream keeps each item's changes in order
