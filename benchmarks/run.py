@@ -485,6 +485,124 @@ async def reads(b: Bench, base: str, jobs: list[tuple[tuple[Session, str], int]]
 # ---- figures ---------------------------------------------------------------------------
 
 
+def distinct_pairs(names: list[str], n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` pairs of `names`, no two on the same two users (either direction), each in a
+    random direction: within a round no roster item is changed by two requests at once,
+    which the reference component, setting items without reading them, needs."""
+    rng = random.Random(seed)
+    combos = list(itertools.combinations(names, 2))
+    if len(combos) < n:
+        raise BenchError(f"{len(names)} users make only {len(combos)} distinct pairs; {n} needed")
+    rng.shuffle(combos)
+    return [(a, b) if rng.random() < 0.5 else (b, a) for a, b in combos[:n]]
+
+
+def token_entries(sessions: dict[str, Session], names: list[str]) -> list[tuple[str, str, str]]:
+    return [(sessions[n].token, sessions[n].user_id, sessions[n].jid) for n in names]
+
+
+@figure("cycles")
+async def fig_cycles(b: Bench) -> None:
+    """Sustained create+accept+interrupt cycles/s, 32 workers, counted until the outbox is
+    empty, between connected users (the stanzas go to live sessions), vs the reference
+    minimal component (`reference_service.py`: the same durable writes and stanzas through
+    the same Prosody) with the same users, tokens and pairs."""
+    assert b.service is not None and b.clients is not None
+    ref = stack.ReferenceProcess(b.workdir, "reference", token_entries(b.sessions, b.connected), b.prosody)
+    await ref.start()
+    try:
+        sides = {"service": b.service, "reference": ref}
+        warm = distinct_pairs(b.connected, b.size["warmup"], seed=20)
+        for side in sides.values():
+            await sustained_cycles(b, [side], [b.sessions], warm)
+        rates: dict[str, list[float]] = {"service": [], "reference": []}
+        rest: dict[str, list[float]] = {"service": [], "reference": []}
+        meters = {who: CpuMeter({who: side.pid, "prosody": b.prosody.pid, "clients": b.clients.proc.pid,
+                                 "load generator": b.loadgen}) for who, side in sides.items()}
+        for rep in range(b.reps):
+            # Each cycle ends deleted, its roster items removed: the rounds may reuse pairs.
+            pairs = distinct_pairs(b.connected, b.size["cycles"], seed=21 + rep)
+            expected = 6 * len(pairs)  # create, accept, interrupt: a message to each party
+            for who in b.order(rep, "reference", "service"):
+                await b.clients.call({"cmd": "reset"})
+                meters[who].start()
+                async with profiled(b.service.pid, b.profile_dir if who == "service" else None, f"cycles-{rep}"):
+                    rate, res = await sustained_cycles(b, [sides[who]], [b.sessions], pairs)
+                meters[who].stop()
+                got = await b.clients.call({"cmd": "wait", "kind": "management", "count": expected, "timeout": 60})
+                if got["count"] != expected:
+                    raise BenchError(f"cycles, {who}: {got['count']} of {expected} management messages arrived")
+                rates[who].append(rate)
+                rest[who].append(len(pairs) / res.elapsed)
+            say(f"cycles round {rep + 1}/{b.reps}: service {rates['service'][-1]:.0f}/s, "
+                f"reference {rates['reference'][-1]:.0f}/s")
+    finally:
+        ref.stop()
+    s, r = med(rates["service"]), med(rates["reference"])
+    n = b.reps * b.size["cycles"]
+    b.rows.append(Row(f"cycles/s (create+accept+interrupt, delivery complete), {WORKERS} clients",
+                      f"{s:.0f} cycles/s", f"{r:.0f} cycles/s reference component", f"{s / r:.2f}", ">= 0.90",
+                      s / r >= 0.9,
+                      f"service {fmt_list(rates['service'])} (REST answers alone {fmt_list(rest['service'])}/s), "
+                      f"reference {fmt_list(rates['reference'])} (REST alone {fmt_list(rest['reference'])}/s); "
+                      f"{meters['service'].per(n, 'cycle')}; reference {meters['reference'].per(n, 'cycle')}"))
+
+
+@figure("writes")
+async def fig_writes(b: Bench) -> None:
+    """Service CPU per REST write (create, accept) with delivery excluded: a second
+    service on its own database with its XMPP side pointed at a closed port (REST and
+    logins work, nothing is delivered), vs the reference `--no-xmpp` (token checked by
+    hash, the same rows committed with group commit); the same pairs, 32 workers."""
+    assert b.http is not None and b.rest_pool is not None
+    svc = ServiceProcess(b.workdir, "service-undelivered", b.workdir / "service-undelivered.sqlite3", b.prosody,
+                         component_port=free_port())
+    ref: stack.ReferenceProcess | None = None
+    svc.start()
+    try:
+        await wait_port(svc.port, timeout=60)
+        sessions = await login_all(b.http, svc.base_url, b.rest_only)
+        ref = stack.ReferenceProcess(b.workdir, "reference-undelivered", token_entries(sessions, b.rest_only))
+        await ref.start()
+        sides: dict[str, Any] = {"service": svc, "reference": ref}
+
+        async def writes(side: Any, pairs: list[tuple[str, str]]) -> float:
+            made = await creates(b.http, side.base_url, sessions, pairs)
+            done = await accepts(b.http, side.base_url, sessions, pairs, made.ids)
+            return made.elapsed + done.elapsed
+
+        warm = b.rest_pool.take(b.size["warmup"])
+        for side in sides.values():
+            await writes(side, warm)
+        per_write: dict[str, list[float]] = {"service": [], "reference": []}
+        rates: dict[str, list[float]] = {"service": [], "reference": []}
+        meters = {who: CpuMeter({who: side.pid, "load generator": b.loadgen}) for who, side in sides.items()}
+        for rep in range(b.reps):
+            pairs = b.rest_pool.take(b.size["cycles"])  # left accepted: new pairs every round
+            for who in b.order(rep, "reference", "service"):
+                before = meters[who].used[who]
+                meters[who].start()
+                async with profiled(svc.pid, b.profile_dir if who == "service" else None, f"writes-{rep}"):
+                    elapsed = await writes(sides[who], pairs)
+                meters[who].stop()
+                per_write[who].append(1e6 * (meters[who].used[who] - before) / (2 * len(pairs)))
+                rates[who].append(2 * len(pairs) / elapsed)
+            say(f"writes round {rep + 1}/{b.reps}: service {per_write['service'][-1]:.0f} us/write, "
+                f"reference {per_write['reference'][-1]:.0f} us/write")
+    finally:
+        svc.stop()
+        if ref is not None:
+            ref.stop()
+    s, r = med(per_write["service"]), med(per_write["reference"])
+    n = b.reps * 2 * b.size["cycles"]
+    b.rows.append(Row("service CPU per REST write (create, accept), delivery excluded", f"{s:.0f} us",
+                      f"{r:.0f} us reference handler", f"{s / r:.2f}x", "<= 1.5x", s / r <= 1.5,
+                      f"per round: service {fmt_list(per_write['service'])} us, reference "
+                      f"{fmt_list(per_write['reference'])} us; writes/s service {fmt_list(rates['service'])}, "
+                      f"reference {fmt_list(rates['reference'])} (creates, then accepts, {WORKERS} workers); "
+                      f"{meters['service'].per(n, 'write')}; reference {meters['reference'].per(n, 'write')}"))
+
+
 @figure("reads")
 async def fig_reads(b: Bench) -> None:
     """REST reads (get one, list first page), 32 workers, vs the bare aiohttp JSON handler

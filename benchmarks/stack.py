@@ -40,9 +40,11 @@ from storage import Database  # noqa: E402
 DOMAIN = "example.test"
 SERVICE_JID = "presence.example.test"
 BASELINE_JID = "baseline.example.test"
+# benchmarks/reference_service.py's JID: the reference minimal component (issue #14).
+REFERENCE_JID = "reference.example.test"
 SECRET = "bench-component-secret"
 # pg.example.test: the service on PostgreSQL, measured beside the SQLite one (figure 1b).
-EXTRA_COMPONENTS = (BASELINE_JID, "store-small.example.test", "store-large.example.test", "pg.example.test")
+EXTRA_COMPONENTS = (BASELINE_JID, REFERENCE_JID, "store-small.example.test", "store-large.example.test", "pg.example.test")
 
 PROCS: list[subprocess.Popen] = []
 
@@ -209,9 +211,12 @@ class ServiceProcess:
 
     def __init__(self, workdir: Path, name: str, db_path: Path, server: LocalProsody,
                  component_jid: str = SERVICE_JID, admin_token: str = "bench-admin",
-                 auth: dict[str, Any] | None = None, storage_url: str | None = None) -> None:
+                 auth: dict[str, Any] | None = None, storage_url: str | None = None,
+                 component_port: int | None = None) -> None:
         """`auth` adds [auth] keys (numbers, booleans, strings) to the service's config;
-        `storage_url` (postgresql://) stores in PostgreSQL instead of the file `db_path`."""
+        `storage_url` (postgresql://) stores in PostgreSQL instead of the file `db_path`;
+        `component_port` replaces Prosody's component port (a closed port: no XMPP
+        session, nothing delivered, while REST and logins over c2s still work)."""
         self.workdir = workdir
         self.name = name
         # Where wait_outbox_empty() looks: the SQLite file, or the PostgreSQL URL.
@@ -225,7 +230,7 @@ class ServiceProcess:
             f'jid = "{component_jid}"\n'
             f'secret = "{server.component_secret}"\n'
             'server_host = "127.0.0.1"\n'
-            f"server_port = {server.component_port}\n"
+            f"server_port = {component_port or server.component_port}\n"
             "[http]\n"
             'host = "127.0.0.1"\n'
             f"port = {self.port}\n"
@@ -269,6 +274,55 @@ class ServiceProcess:
 
     def memory(self) -> dict[str, int]:
         return read_status(self.pid)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+class ReferenceProcess:
+    """benchmarks/reference_service.py in its own process, with the users and tokens of
+    `sessions` ((token, user id, bare JID) each); with `server`, its component connects
+    there as REFERENCE_JID, without it it runs `--no-xmpp`."""
+
+    def __init__(self, workdir: Path, name: str, sessions: list[tuple[str, str, str]],
+                 server: LocalProsody | None = None, domain: str = DOMAIN) -> None:
+        self.name = name
+        self.db_path = workdir / f"{name}.sqlite3"  # wait_outbox_empty() works on it
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{name}.log"
+        tokens = workdir / f"{name}-tokens.json"
+        tokens.write_text(json.dumps([{"token": t, "userId": u, "jid": j} for t, u, j in sessions]))
+        self.argv = [sys.executable, str(HERE / "reference_service.py"), "--db", str(self.db_path),
+                     "--port", str(self.port), "--tokens", str(tokens)]
+        if server is None:
+            self.argv.append("--no-xmpp")
+        else:
+            self.argv += ["--jid", REFERENCE_JID, "--secret", server.component_secret,
+                          "--xmpp-port", str(server.component_port), "--domain", domain]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, timeout: float = 60) -> None:
+        """Start it and wait until `GET /pending` answers."""
+        self.proc = spawn(self.argv, self.log_path)
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see {self.log_path}")
+                try:
+                    async with http.get(f"{self.base_url}/pending") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.name} not up within {timeout}s; see {self.log_path}")
 
     def stop(self) -> None:
         stop(self.proc)

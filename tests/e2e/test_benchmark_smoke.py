@@ -29,6 +29,8 @@ def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     for figure in (
+        "cycles/s (create+accept+interrupt, delivery complete)",
+        "service CPU per REST write (create, accept), delivery excluded",
         "REST reads (get one, list first page)",
         "cycles/s on PostgreSQL, 1 instance",
         "REST reads/s on PostgreSQL, 1 instance",
