@@ -64,9 +64,13 @@ order on the one stream), at most `--max-iqs` roster IQs in flight (the service'
 default max_concurrent_iqs, 20); confirmation is one at a
 time in the background: every roster answer of the window, then a ping to the domain
 (the stream is ordered: its answer means the server processed the messages), then one
-commit deleting the window's rows and saving the records. Left out: the roster read
-before each change and the merge (the reference sets what the service sets when the item
-is absent, which is the benchmark's case), the roster_items read, retries, suspects and
+commit deleting the window's rows and saving the records. Each roster change is a read
+of the owner's roster (XEP-0356 get) then the set of the merged item (its name, groups and
+other direction kept, this direction added or taken away; an item left with none removed),
+one item's changes chained in commit order: the server replaces the whole item, so a
+component that does not read first overwrites what users set themselves. These are the
+service's stanzas; `--blind-rosters` leaves the reads out (sets what the service sets when
+the item is absent, the benchmark's case: for comparison only). Left out: the roster_items read, retries, suspects and
 dead letters (a refused IQ is counted in /pending's `errors`, its row deleted anyway),
 reconnects, leadership, roster checks, metrics, logging, the pending-requests and
 unseen-targets limits, toJid (creation of named users), and the other families.
@@ -293,7 +297,8 @@ def answer(req: dict[str, Any]) -> web.Response:
 class Delivery:
     """Committed rows -> stanzas, in commit order; confirmed windows -> one delete commit."""
 
-    def __init__(self, writer: Lane, jid: str, secret: str, port: int, domain: str, max_iqs: int) -> None:
+    def __init__(self, writer: Lane, jid: str, secret: str, port: int, domain: str, max_iqs: int,
+                 read_rosters: bool = True) -> None:
         from slixmpp import ComponentXMPP
 
         from component.xmpp.slixfix import PrivilegeGrants, detach_roster
@@ -305,6 +310,8 @@ class Delivery:
         detach_roster(self.xmpp)
         self.port = port
         self.slots = asyncio.Semaphore(max_iqs)
+        self.read_rosters = read_rosters
+        self.chains: dict[tuple[str, str], asyncio.Future[Any]] = {}  # the last change of each roster item
         self.queue: list[Row] = []
         self.wake = asyncio.Event()
         self.window: list[tuple[list[int], list[asyncio.Future[Any]], list[tuple[str, str, str | None]]]] = []
@@ -362,16 +369,45 @@ class Delivery:
                 if kind != "roster":
                     continue
                 add = payload["op"] == "add"
-                await self.slots.acquire()  # in order: the stream keeps each item's changes in order
-                iq = privileged_roster_set(self.xmpp, recipient, payload["jid"],
-                                           payload["direction"] if add else "remove",
-                                           payload.get("name"), me)
-                sent = asyncio.ensure_future(iq.send(timeout=60))
-                sent.add_done_callback(lambda _f: self.slots.release())
+                if self.read_rosters:
+                    # Read, merge, write; one item's changes chained in commit order.
+                    key = (recipient, payload["jid"])
+                    sent = asyncio.ensure_future(self._merge(recipient, payload, add, self.chains.get(key)))
+                    self.chains[key] = sent
+                    sent.add_done_callback(lambda f, key=key: self.chains.get(key) is f and self.chains.pop(key))
+                else:
+                    await self.slots.acquire()  # in order: the stream keeps each item's changes in order
+                    iq = privileged_roster_set(self.xmpp, recipient, payload["jid"],
+                                               payload["direction"] if add else "remove",
+                                               payload.get("name"), me)
+                    sent = asyncio.ensure_future(iq.send(timeout=60))
+                    sent.add_done_callback(lambda _f: self.slots.release())
                 iqs.append(sent)
                 records.append((recipient, payload["jid"], payload["direction"] if add else None))
             self.window.append((ids, iqs, records))
             self._confirm_next()
+
+    async def _merge(self, owner: str, payload: dict[str, Any], add: bool, before: asyncio.Future[Any] | None) -> None:
+        """The roster read and merge a correct component needs, since the server replaces
+        the whole item: read `owner`'s roster, keep the item's name, groups and other
+        direction, add or take away this direction (removing an item left with none, as
+        the service does for the items it created)."""
+        from component.rosters import directions, subscription
+        from component.xmpp.slixfix import NS_ROSTER, privileged_roster_get, privileged_roster_set
+
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        me, contact = self.xmpp.boundjid.bare, payload["jid"]
+        async with self.slots:
+            result = await privileged_roster_get(self.xmpp, owner, me).send(timeout=60)
+        found = next((i for i in result.xml.iter(f"{{{NS_ROSTER}}}item") if i.get("jid") == contact), None)
+        held = directions(found.get("subscription") if found is not None else None)
+        held = held | {payload["direction"]} if add else held - {payload["direction"]}
+        name = (found.get("name") if found is not None else None) or payload.get("name")
+        groups = tuple(g.text for g in found.iter(f"{{{NS_ROSTER}}}group") if g.text) if found is not None else ()
+        async with self.slots:
+            await privileged_roster_set(self.xmpp, owner, contact, subscription(held) if held or add else "remove",
+                                        name, me, groups).send(timeout=60)
 
     def _confirm_next(self) -> None:
         if self.confirming is None and self.window:
@@ -515,6 +551,8 @@ async def main() -> None:
     parser.add_argument("--xmpp-port", type=int)
     parser.add_argument("--domain", help="the served domain (pinged as the delivery barrier)")
     parser.add_argument("--max-iqs", type=int, default=20, help="roster IQs in flight (the service's default)")
+    parser.add_argument("--blind-rosters", action="store_true",
+                        help="set roster items without reading them first (wrong for users' existing items)")
     args = parser.parse_args()
     if not args.no_xmpp and not (args.jid and args.secret and args.xmpp_port and args.domain):
         parser.error("--jid, --secret, --xmpp-port and --domain are needed unless --no-xmpp")
@@ -526,7 +564,8 @@ async def main() -> None:
     await reader.open()
     delivery = None
     if not args.no_xmpp:
-        delivery = Delivery(writer, args.jid, args.secret, args.xmpp_port, args.domain, args.max_iqs)
+        delivery = Delivery(writer, args.jid, args.secret, args.xmpp_port, args.domain, args.max_iqs,
+                            read_rosters=not args.blind_rosters)
         await delivery.start()
     ref = Reference(reader, writer, delivery)
     app = web.Application(middlewares=[refusals])

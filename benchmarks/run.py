@@ -487,8 +487,8 @@ async def reads(b: Bench, base: str, jobs: list[tuple[tuple[Session, str], int]]
 
 def distinct_pairs(names: list[str], n: int, seed: int) -> list[tuple[str, str]]:
     """`n` pairs of `names`, no two on the same two users (either direction), each in a
-    random direction: within a round no roster item is changed by two requests at once,
-    which the reference component, setting items without reading them, needs."""
+    random direction: within a round no roster item is changed by two requests at once
+    (which the reference component with `--blind-rosters` would need)."""
     rng = random.Random(seed)
     combos = list(itertools.combinations(names, 2))
     if len(combos) < n:
@@ -506,7 +506,8 @@ async def fig_cycles(b: Bench) -> None:
     """Sustained create+accept+interrupt cycles/s, 32 workers, counted until the outbox is
     empty, between connected users (the stanzas go to live sessions), vs the reference
     minimal component (`reference_service.py`: the same durable writes and stanzas through
-    the same Prosody) with the same users, tokens and pairs."""
+    the same Prosody, each roster change a read then a merged set as the service's) with
+    the same users, tokens and pairs."""
     assert b.service is not None and b.clients is not None
     ref = stack.ReferenceProcess(b.workdir, "reference", token_entries(b.sessions, b.connected), b.prosody)
     await ref.start()
