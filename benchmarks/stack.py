@@ -150,6 +150,30 @@ def write_accounts(server: LocalProsody, users: dict[str, str]) -> None:
         )
 
 
+def write_rosters(server: LocalProsody, rosters: dict[str, list[tuple[str, str, str | None, tuple[str, ...]]]]) -> None:
+    """Give accounts rosters by writing Prosody's internal storage directly (the Lua
+    tables `core.rostermanager` saves: data/HOST/roster/USER.dat, one entry per contact
+    plus the `[false]` metadata with the roster version and pending requests).
+    `rosters` maps an account name to (contact JID, subscription, name or None, groups).
+    Call before Prosody starts, after write_accounts."""
+    server.write_config()
+    host = "".join(c if c.isalnum() else f"%{ord(c):02x}" for c in server.domain)
+    folder = server.data_path / host / "roster"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o777)
+    for owner, items in rosters.items():
+        lines = ["return {", '\t[false] = {', '\t\t["version"] = 1;', '\t\t["pending"] = {};', "\t};"]
+        for contact, sub, name, groups in items:
+            lines.append(f"\t[{_lua_str(contact)}] = {{")
+            lines.append(f'\t\t["subscription"] = {_lua_str(sub)};')
+            if name is not None:
+                lines.append(f'\t\t["name"] = {_lua_str(name)};')
+            lines.append('\t\t["groups"] = {' + "".join(f" [{_lua_str(g)}] = true;" for g in groups) + " };")
+            lines.append("\t};")
+        lines.append("};")
+        (folder / f"{owner}.dat").write_text("\n".join(lines) + "\n")
+
+
 # ---- the service -------------------------------------------------------------------
 
 
