@@ -159,8 +159,9 @@ class Xep0356Rosters:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        # Per owner: the roster read not yet sent (see `items`).
+        # Per owner (see `items`): the roster read not sent yet, and the one in flight.
         self._queued: dict[str, asyncio.Future[RosterView]] = {}
+        self._sent: dict[str, asyncio.Future[RosterView]] = {}
 
     @property
     def status(self) -> str:
@@ -181,30 +182,38 @@ class Xep0356Rosters:
     async def items(self, owner: str) -> Mapping[str, RosterItem]:
         """`owner`'s whole roster, read with the XEP-0356 roster privilege.
 
-        Reads of the same roster asked for while one is still waiting for an IQ slot
-        share that one: it is sent after each of them was asked for, so it shows every
-        change the server answered before (the stream is ordered), as a read of their
-        own would. Under load (many changes of one user's roster, a large roster to
-        parse each time) this is one read instead of one per change."""
-        shared = self._queued.get(owner)
-        if shared is None:
-            shared = asyncio.ensure_future(self._read(owner))
-            shared.add_done_callback(_retrieve)
-            self._queued[owner] = shared
-        return await asyncio.shield(shared)
+        At most one read of a roster is in flight; reads asked for meanwhile share the
+        next one, sent once the one in flight is answered, so after each of them was
+        asked for: it shows every change the server answered before (the stream is
+        ordered), as a read of their own would. Under load (many changes to one user's
+        roster, a large roster to parse each time) that is one read per round trip
+        instead of one per change."""
+        queued = self._queued.get(owner)
+        if queued is None:
+            queued = asyncio.ensure_future(self._read(owner, self._sent.get(owner)))
+            queued.add_done_callback(_retrieve)
+            self._queued[owner] = queued
+        return await asyncio.shield(queued)
 
-    async def _read(self, owner: str) -> RosterView:
+    async def _read(self, owner: str, before: asyncio.Future[RosterView] | None) -> RosterView:
+        me = asyncio.current_task()
+        if before is not None:
+            await asyncio.wait({before})  # one read of a roster in flight at a time
         session = self.session
         iq = privileged_roster_get(session, owner, session.boundjid.bare)
 
-        def sent() -> None:  # from now on a new read is needed
-            if self._queued.get(owner) is asyncio.current_task():
+        def sending() -> None:  # from now on, readers need the next read
+            if self._queued.get(owner) is me:
                 del self._queued[owner]
+            self._sent[owner] = me
 
         try:
-            result = await self._roster_iq(owner, iq, sent)
+            result = await self._roster_iq(owner, iq, sending)
         finally:
-            sent()
+            if self._queued.get(owner) is me:
+                del self._queued[owner]
+            if self._sent.get(owner) is me:
+                del self._sent[owner]
         return RosterView(result.xml.find(f"{{{NS_ROSTER}}}query"))
 
     async def set_item(self, owner: str, item: RosterItem) -> None:
