@@ -803,6 +803,12 @@ async def fig_rosters(b: Bench) -> None:
         made = await creates(b.http, b.service.base_url, sessions, pairs)
         await accepts(b.http, b.service.base_url, sessions, pairs, made.ids)
         await wait_outbox_empty(b.service.db_path)
+    # The service's CPU while idle (timers, polls): the slower rounds count more of it.
+    idle = CpuMeter({"service": b.service.pid})
+    idle.start()
+    await asyncio.sleep(1 if b.args.quick else 5)
+    idle.stop()
+    idle_rate = idle.used["service"] / idle.wall
     for rep in range(b.reps):
         for label in b.order(rep, "large", "small"):
             pairs = pools[label].take(size["accepts"])
@@ -826,7 +832,9 @@ async def fig_rosters(b: Bench) -> None:
     n = b.reps * size["accepts"]
     b.rows.append(Row(f"service CPU per accept, {LARGE_ROSTER}-item rosters (merge included)", f"{sl:.0f} us",
                       f"{ss:.0f} us with {SMALL_ROSTER}-item rosters", f"{sl / ss:.2f}", "<= 1.2x", sl / ss <= 1.2,
-                      f"Prosody per accept {pl:.0f} us vs {ps:.0f} us ({pl / ps:.2f}x); {size['users']} users per "
+                      f"Prosody per accept {pl:.0f} us vs {ps:.0f} us ({pl / ps:.2f}x); service idle "
+                      f"{1e3 * idle_rate:.1f} ms/s (at the accepts/s below: {1e6 * idle_rate / med(rates['large']):.0f} "
+                      f"vs {1e6 * idle_rate / med(rates['small']):.0f} us per accept); {size['users']} users per "
                       f"side, {size['accepts']} accepts per round, {WORKERS} workers, until the outbox is empty; "
                       f"service us/accept {fmt_list(per['large']['service'])} vs {fmt_list(per['small']['service'])}, "
                       f"accepts/s {fmt_list(rates['large'])} vs {fmt_list(rates['small'])}; "
