@@ -13,6 +13,14 @@ Commands are JSON lines on stdin, answers JSON lines on stdout:
   `<message type='chat'>` to each JID is sent first (the dispatcher also sends a batch's
   messages at once and queues its roster IQs), and a ping after the last answer
   -> {"done": N, "errors": E}
+- {"cmd": "replay", "rows": [[kind, recipient, payload], ...], "concurrency": 20}: the
+  stanzas the service's outbox dispatcher sends for these outbox rows, in the same order
+  and built with the same helpers (component.xmpp.slixfix, component.xmpp.notices): a
+  management message per "message" row (child element, readable body, store hint), and
+  per "roster" row the privileged roster get then the set (a grant sets the direction,
+  named, on a new item; a revoke removes the item), one chain per roster item,
+  at most `concurrency` IQs in flight; rows taken 500 at a time as the dispatcher reads
+  them; a ping after the last answer -> {"done": N, "errors": E}
 - {"cmd": "quit"}
 """
 
@@ -32,7 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _jsonlines import answer, stdin_commands  # noqa: E402
-from component.xmpp.slixfix import PrivilegeGrants, privileged_roster_set  # noqa: E402
+from component.xmpp.notices import management_body  # noqa: E402
+from component.xmpp.slixfix import (  # noqa: E402
+    PrivilegeGrants,
+    management_message,
+    privileged_roster_get,
+    privileged_roster_set,
+)
+
+NS_CONFIGURATION = "jabber:iq:configuration"
+NS_HINTS = "urn:xmpp:hints"
 
 
 async def main() -> None:
@@ -90,6 +107,41 @@ async def main() -> None:
             if cmd.get("messages"):
                 await barrier()
             answer({"done": len(cmd["items"]), "errors": errors})
+        elif cmd["cmd"] == "replay":
+            slots = asyncio.Semaphore(cmd.get("concurrency", 20))
+            errors = 0
+            chains: dict[tuple[str, str], asyncio.Task] = {}
+
+            async def roster_row(previous: asyncio.Task | None, owner: str, payload: dict) -> None:
+                nonlocal errors
+                if previous is not None:
+                    await previous
+                contact = payload["jid"]
+                sub = payload["direction"] if payload["op"] == "add" else "remove"
+                for iq in (privileged_roster_get(xmpp, owner, args.jid),
+                           privileged_roster_set(xmpp, owner, contact, sub, payload.get("name"), args.jid)):
+                    async with slots:
+                        try:
+                            await iq.send(timeout=60)
+                        except (IqError, IqTimeout):
+                            errors += 1
+
+            rows = cmd["rows"]
+            for start in range(0, len(rows), 500):
+                for k, (kind, recipient, payload) in enumerate(rows[start:start + 500], start):
+                    if kind == "message":
+                        msg = management_message(xmpp, recipient, args.jid, f"ph-{k}")
+                        ET.SubElement(msg.xml, f"{{{NS_CONFIGURATION}}}presencehandshake", payload["handshake"])
+                        msg["body"] = management_body(payload, args.jid)
+                        ET.SubElement(msg.xml, f"{{{NS_HINTS}}}store")
+                        msg.send()
+                    else:
+                        key = (recipient, payload["jid"])
+                        chains[key] = asyncio.create_task(roster_row(chains.get(key), recipient, payload))
+                await asyncio.sleep(0)
+            await asyncio.gather(*chains.values())
+            await barrier()
+            answer({"done": len(rows), "errors": errors})
         elif cmd["cmd"] == "quit":
             break
     xmpp.abort()

@@ -713,6 +713,135 @@ async def fig_postgresql(b: Bench) -> None:
             svc.stop()
 
 
+DRAIN_ROWS = {"full": 10_000, "quick": 200}  # outbox rows per round of the drain figure
+
+
+@figure("drain")
+async def fig_drain(b: Bench) -> None:
+    """Service CPU per delivered stanza, draining committed outbox rows (what create,
+    accept and interrupt write: 6 management messages and 4 roster changes per cycle,
+    to connected users), vs the plain component sending the same stanzas."""
+    assert b.service is not None and b.bcomp is not None
+    n_rows = DRAIN_ROWS["quick" if b.args.quick else "full"]
+    jids = [f"{n}@{DOMAIN}" for n in b.connected]
+    rows = stack.cycle_rows(PairPool(jids, seed=3).take(n_rows // 10))
+    await wait_outbox_empty(b.service.db_path)
+    stack.insert_outbox(b.service.db_path, rows[:200])  # warm-up (not counted)
+    await wait_outbox_empty(b.service.db_path)
+    await b.bcomp.call({"cmd": "replay", "rows": [list(r) for r in rows[:200]], "concurrency": ROSTER_CONCURRENCY})
+
+    async def rounds(rows: list[tuple[str, str, dict[str, Any]]], label: str):
+        assert b.service is not None and b.bcomp is not None
+        replay = {"cmd": "replay", "rows": [list(r) for r in rows], "concurrency": ROSTER_CONCURRENCY}
+        svc_cpu = CpuMeter({"service": b.service.pid, "prosody": b.prosody.pid})
+        base_cpu = CpuMeter({"baseline component": b.bcomp.proc.pid, "prosody": b.prosody.pid})
+        svc: list[float] = []
+        base: list[float] = []
+        for rep in range(b.reps):
+            for who in b.order(rep, "baseline", "service"):
+                meter, out, name = ((svc_cpu, svc, "service") if who == "service"
+                                    else (base_cpu, base, "baseline component"))
+                before = meter.used[name]
+                meter.start()
+                if who == "service":
+                    # Committed as another process would (`resync`): the dispatcher finds the
+                    # rows at its next poll (outbox_poll_s); the service is idle until then.
+                    stack.insert_outbox(b.service.db_path, rows)
+                    await wait_outbox_empty(b.service.db_path, timeout=900, poll=0.01)
+                else:
+                    got = await b.bcomp.call(replay, timeout=900)
+                    if got["errors"]:
+                        raise BenchError(f"baseline replay: {got['errors']} IQ errors")
+                meter.stop()
+                out.append(1e6 * (meter.used[name] - before) / len(rows))
+            say(f"drain ({label}) round {rep + 1}/{b.reps}: service {svc[-1]:.0f} us/stanza, "
+                f"plain component {base[-1]:.0f} us/stanza")
+        n = b.reps * len(rows)
+        return med(svc), med(base), (f"service us/stanza {fmt_list(svc)}, plain component {fmt_list(base)}; "
+                                     f"{svc_cpu.per(n, 'stanza')}; baseline {base_cpu.per(n, 'stanza')}")
+
+    s, r, detail = await rounds(rows, "mix")
+    kinds = {k: sum(row[0] == k for row in rows) for k in ("message", "roster")}
+    b.rows.append(Row(f"service CPU per delivered stanza, draining {rows_label(len(rows))} outbox rows",
+                      f"{s:.0f} us", f"{r:.0f} us plain component", f"{s / r:.2f}", "<= 1.5x", s / r <= 1.5,
+                      f"{kinds['message']} management messages + {kinds['roster']} roster changes (privileged get "
+                      f"then set, both sides) per round to {len(jids)} connected users; {detail}"))
+    messages = [row for row in rows if row[0] == "message"]
+    s, r, detail = await rounds(messages, "messages")
+    b.rows.append(Row(f"(info) the same, management messages only ({rows_label(len(messages))})",
+                      f"{s:.0f} us", f"{r:.0f} us plain component", f"{s / r:.2f}", "-", None, detail))
+
+
+# The roster figure's users (their own accounts, offline), accepts per round, roster sizes.
+ROSTER_SIZES = {"full": dict(users=32, accepts=200), "quick": dict(users=8, accepts=10)}
+LARGE_ROSTER, SMALL_ROSTER = 1000, 10
+
+
+@figure("rosters")
+async def fig_rosters(b: Bench) -> None:
+    """Service CPU per accept (REST accept, then the roster merge and messages until the
+    outbox is empty) between users whose rosters hold 1,000 items, vs the same between
+    users with 10-item rosters; Prosody's own CPU per accept beside it."""
+    assert b.service is not None and b.http is not None
+    size = ROSTER_SIZES["quick" if b.args.quick else "full"]
+    groups = {"large": [f"big{i:03d}" for i in range(size["users"])],
+              "small": [f"few{i:03d}" for i in range(size["users"])]}
+    # Offline users, accounts and rosters written into Prosody's storage (read from disk
+    # by Prosody for users without a session); contacts on the local domain (no s2s).
+    stack.write_accounts(b.prosody, {n: password(n) for names in groups.values() for n in names})
+    stack.write_rosters(b.prosody, {
+        n: [(f"contact{i}.{n}@{DOMAIN}", "both", f"Contact {i}", ("Friends",))
+            for i in range(LARGE_ROSTER if label == "large" else SMALL_ROSTER)]
+        for label, names in groups.items() for n in names})
+    sessions = await login_all(b.http, b.service.base_url, [n for names in groups.values() for n in names])
+    pools = {label: PairPool(names, seed=4) for label, names in groups.items()}
+    meters = {label: CpuMeter({"service": b.service.pid, "prosody": b.prosody.pid}) for label in groups}
+    per: dict[str, dict[str, list[float]]] = {label: {"service": [], "prosody": []} for label in groups}
+    rates: dict[str, list[float]] = {label: [] for label in groups}
+    for label in groups:  # warm-up (not counted)
+        pairs = pools[label].take(min(8, size["accepts"]))
+        made = await creates(b.http, b.service.base_url, sessions, pairs)
+        await accepts(b.http, b.service.base_url, sessions, pairs, made.ids)
+        await wait_outbox_empty(b.service.db_path)
+    # The service's CPU while idle (timers, polls): the slower rounds count more of it.
+    idle = CpuMeter({"service": b.service.pid})
+    idle.start()
+    await asyncio.sleep(1 if b.args.quick else 5)
+    idle.stop()
+    idle_rate = idle.used["service"] / idle.wall
+    for rep in range(b.reps):
+        for label in b.order(rep, "large", "small"):
+            pairs = pools[label].take(size["accepts"])
+            made = await creates(b.http, b.service.base_url, sessions, pairs)  # pending (not measured)
+            await wait_outbox_empty(b.service.db_path)
+            meter = meters[label]
+            before = dict(meter.used)
+            t0 = time.monotonic()
+            meter.start()
+            async with profiled(b.service.pid, b.profile_dir, f"rosters-{label}-{rep}"):
+                await accepts(b.http, b.service.base_url, sessions, pairs, made.ids)
+                done = await wait_outbox_empty(b.service.db_path, timeout=900, poll=0.01)
+            meter.stop()
+            rates[label].append(len(pairs) / (done - t0))
+            for name in ("service", "prosody"):
+                per[label][name].append(1e6 * (meter.used[name] - before[name]) / len(pairs))
+        say(f"rosters round {rep + 1}/{b.reps}: service {per['large']['service'][-1]:.0f} us/accept with "
+            f"{LARGE_ROSTER}-item rosters, {per['small']['service'][-1]:.0f} us with {SMALL_ROSTER}")
+    sl, ss = med(per["large"]["service"]), med(per["small"]["service"])
+    pl, ps = med(per["large"]["prosody"]), med(per["small"]["prosody"])
+    n = b.reps * size["accepts"]
+    b.rows.append(Row(f"service CPU per accept, {LARGE_ROSTER}-item rosters (merge included)", f"{sl:.0f} us",
+                      f"{ss:.0f} us with {SMALL_ROSTER}-item rosters", f"{sl / ss:.2f}", "<= 1.2x", sl / ss <= 1.2,
+                      f"Prosody per accept {pl:.0f} us vs {ps:.0f} us ({pl / ps:.2f}x); service idle "
+                      f"{1e3 * idle_rate:.1f} ms/s (at the accepts/s below: {1e6 * idle_rate / med(rates['large']):.0f} "
+                      f"vs {1e6 * idle_rate / med(rates['small']):.0f} us per accept); {size['users']} users per "
+                      f"side, {size['accepts']} accepts per round, {WORKERS} workers, until the outbox is empty; "
+                      f"service us/accept {fmt_list(per['large']['service'])} vs {fmt_list(per['small']['service'])}, "
+                      f"accepts/s {fmt_list(rates['large'])} vs {fmt_list(rates['small'])}; "
+                      f"{LARGE_ROSTER} items: {meters['large'].per(n, 'accept')}; "
+                      f"{SMALL_ROSTER} items: {meters['small'].per(n, 'accept')}"))
+
+
 @figure("stored", phase="stored")
 async def fig_stored(b: Bench) -> None:
     """List received p50/p99 on a database of `large_rows` stored requests vs

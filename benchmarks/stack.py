@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from local_prosody import LocalProsody, _lua_str, ensure_prosody_installed, free_port  # noqa: E402,F401
 
 from component.model import BareJid, PresenceRequest, RequestId, RequestStatus, User, UserId  # noqa: E402
+from component.actions import roster_changes  # noqa: E402
 from component.notifications import handshake_messages, roster_grant  # noqa: E402
 from storage import Database  # noqa: E402
 
@@ -148,6 +149,30 @@ def write_accounts(server: LocalProsody, users: dict[str, str]) -> None:
             f'\t["server_key"] = "{server_key}";\n'
             "};\n"
         )
+
+
+def write_rosters(server: LocalProsody, rosters: dict[str, list[tuple[str, str, str | None, tuple[str, ...]]]]) -> None:
+    """Give accounts rosters by writing Prosody's internal storage directly (the Lua
+    tables `core.rostermanager` saves: data/HOST/roster/USER.dat, one entry per contact
+    plus the `[false]` metadata with the roster version and pending requests).
+    `rosters` maps an account name to (contact JID, subscription, name or None, groups).
+    Call before Prosody starts, after write_accounts."""
+    server.write_config()
+    host = "".join(c if c.isalnum() else f"%{ord(c):02x}" for c in server.domain)
+    folder = server.data_path / host / "roster"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o777)
+    for owner, items in rosters.items():
+        lines = ["return {", '\t[false] = {', '\t\t["version"] = 1;', '\t\t["pending"] = {};', "\t};"]
+        for contact, sub, name, groups in items:
+            lines.append(f"\t[{_lua_str(contact)}] = {{")
+            lines.append(f'\t\t["subscription"] = {_lua_str(sub)};')
+            if name is not None:
+                lines.append(f'\t\t["name"] = {_lua_str(name)};')
+            lines.append('\t\t["groups"] = {' + "".join(f" [{_lua_str(g)}] = true;" for g in groups) + " };")
+            lines.append("\t};")
+        lines.append("};")
+        (folder / f"{owner}.dat").write_text("\n".join(lines) + "\n")
 
 
 # ---- the service -------------------------------------------------------------------
@@ -482,6 +507,36 @@ def populate_db(path: Path, rows: int, outbox_jids: list[str], outbox_rows: int 
     conn.execute("PRAGMA journal_mode = WAL")  # as the service leaves it
     conn.close()
     return PopulatedDb(path, rows, measured_id, token, outbox_rows, time.monotonic() - started)
+
+
+def cycle_rows(pairs: list[tuple[str, str]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The outbox rows (kind, recipient, payload) that a create, an accept and an
+    interrupt of a request from a to b write, for each (a, b) of `pairs` (bare JIDs),
+    built as the service builds them: 2 management messages for each transition, plus
+    the two roster grants of the accept and the two revokes of the interrupt (10 rows)."""
+    out = []
+    for a, b in pairs:
+        request = PresenceRequest(RequestId(secrets.token_hex(12)), User(UserId("0" * 24), BareJid(a)),
+                                  User(UserId("1" * 24), BareJid(b)), RequestStatus.PENDING, 0, None)
+        notes = (handshake_messages(request, "create", "pending")
+                 + handshake_messages(request, "update", "accepted") + roster_changes(request, granted=True)
+                 + handshake_messages(request, "delete", "interrupted") + roster_changes(request, granted=False))
+        out += [(n.kind, n.recipient, n.payload) for n in notes]
+    return out
+
+
+def insert_outbox(db_path: Path, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Commit `rows` to a (running) service's SQLite outbox in one transaction, as
+    another process (`python -m component resync`) would."""
+    now = int(time.time() * 1000)
+    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO outbox (kind, recipient, payload, created_at) VALUES (?, ?, ?, ?)",
+                         [(k, r, json.dumps(p, separators=(",", ":")), now) for k, r, p in rows])
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def _request_row(rng: random.Random, from_id: str, to_id: str, now: int, year: int) -> tuple:

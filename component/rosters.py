@@ -15,7 +15,7 @@ granted item from the database (`python -m component resync`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -80,7 +80,7 @@ class RosterBackend(Protocol):
     def allowed(self, owner: str) -> bool:
         """Whether `owner`'s roster can be read and changed now."""
 
-    async def items(self, owner: str) -> dict[str, RosterItem]:
+    async def items(self, owner: str) -> Mapping[str, RosterItem]:
         """`owner`'s whole roster as the server holds it."""
 
     async def set_item(self, owner: str, item: RosterItem) -> None:
@@ -229,7 +229,7 @@ class Rosters:
         return await self.db.read(read)
 
     async def reconcile(
-        self, owner: BareJid, live: dict[str, RosterItem], seen: dict[str, int]
+        self, owner: BareJid, live: Mapping[str, RosterItem], seen: dict[str, int]
     ) -> Reconciled:
         """End each consent whose direction is missing from `owner`'s roster as read
         (`live`) though the service granted and applied it: the user removed the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterator, Mapping
 
 from slixmpp import Iq, Presence
 from slixmpp.exceptions import IqError, IqTimeout
@@ -136,7 +137,7 @@ class RosterAccess(Session):
     # ---- Transport for the outbox dispatcher: roster items -----------------------
     # Whatever `[roster] backend` says (component.rosters.RosterBackend).
 
-    async def roster_items(self, owner: str) -> dict[str, RosterItem]:
+    async def roster_items(self, owner: str) -> Mapping[str, RosterItem]:
         """`owner`'s whole roster, read through the roster backend."""
         return await self.roster_backend.items(owner)
 
@@ -158,6 +159,9 @@ class Xep0356Rosters:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        # Per owner (see `items`): the roster read not sent yet, and the one in flight.
+        self._queued: dict[str, asyncio.Future[RosterView]] = {}
+        self._sent: dict[str, asyncio.Future[RosterView]] = {}
 
     @property
     def status(self) -> str:
@@ -175,22 +179,42 @@ class Xep0356Rosters:
     async def close(self) -> None:
         return None
 
-    async def items(self, owner: str) -> dict[str, RosterItem]:
-        """`owner`'s whole roster, read with the XEP-0356 roster privilege."""
+    async def items(self, owner: str) -> Mapping[str, RosterItem]:
+        """`owner`'s whole roster, read with the XEP-0356 roster privilege.
+
+        At most one read of a roster is in flight; reads asked for meanwhile share the
+        next one, sent once the one in flight is answered, so after each of them was
+        asked for: it shows every change the server answered before (the stream is
+        ordered), as a read of their own would. Under load (many changes to one user's
+        roster, a large roster to parse each time) that is one read per round trip
+        instead of one per change."""
+        queued = self._queued.get(owner)
+        if queued is None:
+            queued = asyncio.ensure_future(self._read(owner, self._sent.get(owner)))
+            queued.add_done_callback(_retrieve)
+            self._queued[owner] = queued
+        return await asyncio.shield(queued)
+
+    async def _read(self, owner: str, before: asyncio.Future[RosterView] | None) -> RosterView:
+        me = asyncio.current_task()
+        if before is not None:
+            await asyncio.wait({before})  # one read of a roster in flight at a time
         session = self.session
         iq = privileged_roster_get(session, owner, session.boundjid.bare)
-        result = await self._roster_iq(owner, iq)
-        items = {}
-        for item in result.xml.iter(f"{{{NS_ROSTER}}}item"):
-            contact = item.get("jid", "")
-            items[contact] = RosterItem(
-                contact,
-                item.get("subscription", "none"),
-                item.get("name") or None,
-                tuple(g.text or "" for g in item.iter(f"{{{NS_ROSTER}}}group") if g.text),
-                item.get("ask") or None,
-            )
-        return items
+
+        def sending() -> None:  # from now on, readers need the next read
+            if self._queued.get(owner) is me:
+                del self._queued[owner]
+            self._sent[owner] = me
+
+        try:
+            result = await self._roster_iq(owner, iq, sending)
+        finally:
+            if self._queued.get(owner) is me:
+                del self._queued[owner]
+            if self._sent.get(owner) is me:
+                del self._sent[owner]
+        return RosterView(result.xml.find(f"{{{NS_ROSTER}}}query"))
 
     async def set_item(self, owner: str, item: RosterItem) -> None:
         session = self.session
@@ -208,12 +232,14 @@ class Xep0356Rosters:
             if str(exc) != "item-not-found":
                 raise  # otherwise: already gone, the goal is reached
 
-    async def _roster_iq(self, owner: str, iq: Iq) -> Iq:
-        """Send a privileged roster IQ (bounded in flight); map the server's answer."""
+    async def _roster_iq(self, owner: str, iq: Iq, sending: Callable[[], None] = lambda: None) -> Iq:
+        """Send a privileged roster IQ (bounded in flight; `sending` is called right
+        before it goes); map the server's answer."""
         session = self.session
         async with session._iq_slots:
             if not session.session_up:
                 raise TransportGone()
+            sending()
             try:
                 return await iq.send(timeout=IQ_TIMEOUT_S)
             except IqTimeout as exc:
@@ -240,3 +266,37 @@ class Xep0356Rosters:
                         jid_domain(BareJid(owner)), owner,
                     )
                 raise RosterFailed(exc.condition) from exc
+
+
+class RosterView(Mapping[str, RosterItem]):
+    """A roster result, by contact JID: the `<item/>` elements are indexed once, and an
+    item is turned into a RosterItem only when asked for (the dispatcher asks for one
+    item of a roster that may hold thousands)."""
+
+    def __init__(self, query) -> None:
+        self._items = {} if query is None else {
+            item.get("jid", ""): item for item in query.iter(f"{{{NS_ROSTER}}}item")
+        }
+
+    def __getitem__(self, contact: str) -> RosterItem:
+        item = self._items[contact]
+        return RosterItem(
+            contact,
+            item.get("subscription", "none"),
+            item.get("name") or None,
+            tuple(g.text for g in item.iter(f"{{{NS_ROSTER}}}group") if g.text),
+            item.get("ask") or None,
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """A shared read whose askers all went away (cancelled) still ends: its failure is
+    theirs, not reported again."""
+    if not task.cancelled():
+        task.exception()

@@ -37,6 +37,8 @@ def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
         "cycles/s on PostgreSQL, 2 instances",
         "list received p99",
         "service peak RSS",
+        "service CPU per delivered stanza, draining",
+        "service CPU per accept, 1000-item rosters",
     ):
         assert figure in result.stdout, output[-4000:]
 

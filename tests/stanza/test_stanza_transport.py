@@ -171,6 +171,81 @@ async def test_a_roster_item_is_read_with_a_privileged_get(comp: PresenceCompone
     )
 
 
+def roster_result(stanza_id: str, owner: str, items: str) -> str:
+    return (
+        f"<iq type='result' id='{stanza_id}' from='{owner}' to='{COMPONENT}'>"
+        f"<query xmlns='jabber:iq:roster'>{items}</query></iq>"
+    )
+
+
+async def test_reads_of_one_roster_asked_while_one_is_in_flight_share_the_next(
+    comp: PresenceComponent, wire: Wire
+) -> None:
+    """Each change reads the roster after it was asked for; those asked for while a
+    read is in flight share one read, sent once that one is answered."""
+    await start_session(comp, wire)
+    first = asyncio.ensure_future(comp.roster_item("alice@example.test", "bob@example.test"))
+    get1 = await wire.nth(0)
+    second = asyncio.ensure_future(comp.roster_item("alice@example.test", "carol@example.test"))
+    third = asyncio.ensure_future(comp.roster_item("alice@example.test", "bob@example.test"))
+    other = asyncio.ensure_future(comp.roster_item("dave@example.test", "bob@example.test"))
+    get_dave = await wire.nth(1)  # another roster: not held back
+    assert get_dave["to"] == "dave@example.test"
+    await asyncio.sleep(0.05)
+    assert len(wire.sent) == 2  # alice's next read waits for the one in flight
+    wire.feed(roster_result(get1["id"], "alice@example.test", "<item jid='bob@example.test' subscription='none'/>"))
+    assert await asyncio.wait_for(first, 5) == RosterItem("bob@example.test", "none")
+    get2 = await wire.nth(2)
+    assert get2["to"] == "alice@example.test" and get2["id"] != get1["id"]
+    wire.feed(roster_result(
+        get2["id"], "alice@example.test",
+        "<item jid='bob@example.test' subscription='to'/><item jid='carol@example.test' subscription='from'/>",
+    ))
+    assert await asyncio.wait_for(second, 5) == RosterItem("carol@example.test", "from")
+    assert await asyncio.wait_for(third, 5) == RosterItem("bob@example.test", "to")
+    wire.feed(roster_result(get_dave["id"], "dave@example.test", ""))
+    assert await asyncio.wait_for(other, 5) is None
+    await asyncio.sleep(0.05)
+    assert len(wire.sent) == 3  # three gets in all
+    # Nothing is left queued: the next read is a new one, sent at once.
+    fourth = asyncio.ensure_future(comp.roster_item("alice@example.test", "bob@example.test"))
+    get3 = await wire.nth(3)
+    wire.feed(roster_result(get3["id"], "alice@example.test", ""))
+    assert await asyncio.wait_for(fourth, 5) is None
+
+
+async def test_a_shared_read_that_fails_fails_every_change_sharing_it(comp: PresenceComponent, wire: Wire) -> None:
+    await start_session(comp, wire)
+    first = asyncio.ensure_future(comp.roster_item("ghost@example.test", "bob@example.test"))
+    get1 = await wire.nth(0)
+    later = [asyncio.ensure_future(comp.roster_item("ghost@example.test", c)) for c in ("a@example.test", "b@example.test")]
+    wire.feed(roster_result(get1["id"], "ghost@example.test", ""))
+    assert await asyncio.wait_for(first, 5) is None
+    get2 = await wire.nth(1)
+    wire.feed(
+        f"<iq type='error' id='{get2['id']}' from='ghost@example.test' to='{COMPONENT}'>"
+        "<error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    )
+    for reading in later:
+        with pytest.raises(RosterFailed):
+            await asyncio.wait_for(reading, 5)
+
+
+def test_roster_results_stay_xml(comp: PresenceComponent) -> None:
+    """slixmpp would build a stanza object per roster item and group (milliseconds for a
+    large roster, on every read); the component reads the XML itself."""
+    element = ET.fromstring(roster_result(
+        "r1", "alice@example.test", "<item jid='bob@example.test' subscription='to'><group>G</group></item>"
+    ))
+    for node in element.iter():
+        if "}" not in node.tag:
+            node.tag = f"{{jabber:component:accept}}{node.tag}"
+    stanza = comp._build_stanza(element)
+    assert not stanza.plugins  # no slixmpp Roster / RosterItem objects
+    assert stanza.xml.find("{jabber:iq:roster}query/{jabber:iq:roster}item").get("jid") == "bob@example.test"
+    assert stanza["type"] == "result" and stanza["id"] == "r1"
+
+
 async def test_set_roster_item_keeps_the_name_and_groups(comp: PresenceComponent, wire: Wire) -> None:
     await start_session(comp, wire)
     item = RosterItem("bob@example.test", "both", "Bobby", ("Friends",))
