@@ -71,7 +71,9 @@ WRITE_ATTEMPTS = 20
 MIGRATION_LOCK = 0x70726573  # "pres"
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 # The database went away under a transaction: /healthz says "error" until a write works.
-_CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# (InternalClientError: the driver's protocol state broke, as when the server ended the
+# session between two statements; the connection is as good as lost.)
+_CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 # Failures of the batch's transaction, not of one body: the batch is run again
 # (_RETRYABLE) or fails as a whole.
 _BATCH_FAILS = (*_RETRYABLE, *_CONNECTION_LOST)
@@ -300,10 +302,11 @@ class PostgresDatabase:
                         if not self._savepoints:
                             self.rerun += 1
                         self._savepoints = await _run_together(raw, jobs)
-                except BaseException as exc:
-                    # Lost, or left inside a transaction (cancelled): a new one next time.
-                    if isinstance(exc, _CONNECTION_LOST) or raw.is_in_transaction():
-                        writer.drop()
+                except _RETRYABLE:
+                    raise  # rolled back: the connection is as good as before
+                except BaseException:
+                    # Lost, broken, or left inside a transaction (cancelled): a new one next time.
+                    writer.drop()
                     raise
                 return
             except _RETRYABLE:
