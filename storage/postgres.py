@@ -30,7 +30,10 @@ each statement is translated once by storage.dialect. What differs, and why:
   when a body fails, the transaction is rolled back and the batch runs again with each
   body in its own savepoint (one failing rolls back only itself), and so do the
   following batches until one runs without a failing body. The outcome is the same
-  either way: a failing body changes nothing, the others are committed. When
+  either way: a failing body changes nothing, the others are committed. In a batch
+  without savepoints, the outbox rows the bodies insert are held back and sent in one
+  `executemany` before COMMIT (or before a statement that names the outbox): one
+  round trip for the batch instead of one per body, in the same order. When
   PostgreSQL aborts a batch to keep it serializable, the whole batch runs again
   (every body is re-run from the start). `retried` and `rerun` count both.
 - A read body's first statement, when it is a SELECT, runs alone (one statement is
@@ -131,19 +134,58 @@ async def _many(raw: Any, sql: str, parameters: Iterable[Sequence[Any]]) -> tupl
 
 
 class PgConn:
-    """What a body gets on PostgreSQL: one connection, inside the body's transaction."""
+    """What a body gets on PostgreSQL: one connection, inside the body's transaction.
 
-    __slots__ = ("_raw",)
+    With `defer` (a batch run without savepoints, see the module's doc), rows inserted
+    into the outbox with `executemany` are held back and sent together, in order, by
+    `flush()`: before any later statement that names the outbox, and before COMMIT.
+    """
+
+    __slots__ = ("_raw", "_deferred")
     dialect = dialect.POSTGRESQL
 
-    def __init__(self, raw: asyncpg.Connection) -> None:
+    def __init__(self, raw: asyncpg.Connection, defer: bool = False) -> None:
         self._raw = raw
+        self._deferred: list[tuple[str, list[tuple[Any, ...]]]] | None = [] if defer else None
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
-        return Cursor(lambda: _statement(self._raw, sql, parameters))
+        return Cursor(lambda: self._after_deferred(sql, lambda: _statement(self._raw, sql, parameters)))
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Cursor:
-        return Cursor(lambda: _many(self._raw, sql, parameters))
+        deferred = self._deferred
+        if deferred is not None and _DEFERRED_INSERT.match(sql):
+            async def hold() -> tuple[list[Any], int]:
+                rows = [tuple(p) for p in parameters]
+                if rows:
+                    deferred.append((sql, rows))
+                return [], -1
+
+            return Cursor(hold)
+        return Cursor(lambda: self._after_deferred(sql, lambda: _many(self._raw, sql, parameters)))
+
+    async def _after_deferred(
+        self, sql: str, run: Callable[[], Awaitable[tuple[list[Any], int]]]
+    ) -> tuple[list[Any], int]:
+        if self._deferred and _NAMES_DEFERRED.search(sql):
+            await self.flush()
+        return await run()
+
+    async def flush(self) -> None:
+        """Send the held-back rows, in order: one executemany per run of one statement."""
+        deferred = self._deferred
+        while deferred:
+            sql = deferred[0][0]
+            rows: list[tuple[Any, ...]] = []
+            while deferred and deferred[0][0] == sql:
+                rows.extend(deferred.pop(0)[1])
+            await _many(self._raw, sql, rows)
+
+
+# The rows a batch may hold back (PgConn's `defer`): plain inserts into the outbox, an
+# append-only queue with no foreign keys and no trigger reading other tables, that no
+# write body reads but through a statement naming it (which flushes them first).
+_DEFERRED_INSERT = re.compile(r"\s*INSERT\s+INTO\s+outbox\s*\((?:(?!RETURNING|ON\s+CONFLICT).)*$", re.I | re.S)
+_NAMES_DEFERRED = re.compile(r"\boutbox\b", re.I)
 
 
 class _FirstStatement:
@@ -458,10 +500,11 @@ class _BodyFailed(Exception):
 
 
 async def _run_unguarded(raw: asyncpg.Connection, jobs: list[Job[Any]]) -> bool:
-    """Several bodies, one transaction, no savepoints: True once committed; False,
-    with nothing committed, as soon as a body fails (the batch must run again with
-    savepoints: the outcomes set here are then replaced)."""
-    conn = PgConn(raw)
+    """Several bodies, one transaction, no savepoints, the outbox rows of all sent
+    together before COMMIT: True once committed; False, with nothing committed, as soon
+    as a body (or the held-back rows) fails: the batch must run again with savepoints,
+    and the outcomes set here are then replaced."""
+    conn = PgConn(raw, defer=True)
     try:
         async with raw.transaction(isolation="serializable"):
             for job in jobs:
@@ -471,6 +514,12 @@ async def _run_unguarded(raw: asyncpg.Connection, jobs: list[Job[Any]]) -> bool:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the body's own failure: run it guarded
                     raise _BodyFailed() from exc
+            try:
+                await conn.flush()
+            except _BATCH_FAILS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whose rows? Run it guarded to tell
+                raise _BodyFailed() from exc
     except _BodyFailed:
         return False
     return True

@@ -356,3 +356,43 @@ async def test_postgres_writes_run_off_the_service_loop_and_survive_a_lost_conne
     finally:
         await admin.close()
         await db.close()
+
+
+@pytest.mark.postgresql
+async def test_postgres_a_batch_sends_its_outbox_rows_together_in_order(postgres, monkeypatch) -> None:
+    """In a batch without savepoints the outbox rows are held back and sent in one
+    executemany before COMMIT, in the bodies' order; a statement naming the outbox
+    (here a body counting it) sends the rows held so far first, so it sees them."""
+    from storage import outbox, postgres as pg
+
+    db = PostgresDatabase(postgres.new_database("group_outbox"))
+    await db.open()
+    sent: list[int] = []
+    real_many = pg._many
+
+    async def counting(raw, sql, parameters):
+        rows = [tuple(p) for p in parameters]
+        if "INSERT INTO outbox" in sql:
+            sent.append(len(rows))
+        return await real_many(raw, sql, rows)
+
+    monkeypatch.setattr(pg, "_many", counting)
+    try:
+        async def add(tx: Conn, *names: str) -> None:
+            await outbox.add_many(tx, [("message", f"{n}@example.test", {"n": n}) for n in names], 1)
+
+        async def add_then_count(tx: Conn) -> int:
+            await add(tx, "c")
+            async with tx.execute("SELECT count(*) FROM outbox") as cur:
+                return (await cur.fetchone())[0]
+
+        results = await asyncio.gather(
+            db.write(lambda tx: add(tx, "a", "b")), db.write(add_then_count),
+            db.write(lambda tx: add(tx, "d")), db.write(lambda tx: add(tx, "e")),
+        )
+        assert results[1] == 3  # its own row and the first body's, sent before the count
+        assert sent == [3, 2]  # a, b, c before the count; d, e together before COMMIT
+        order = await db.read(lambda conn: outbox.next_batch(conn, 0, 10))
+        assert [r.payload["n"] for r in order] == ["a", "b", "c", "d", "e"]
+    finally:
+        await db.close()
