@@ -288,9 +288,10 @@ class PresenceSharing:
                 target = found
             if target.id == cmd.caller.id:
                 raise BadRequest("cannot ask yourself to share presence")
-            if await presence_requests.link_exists(tx, cmd.caller.id, target.id):
+            linked, pending = await presence_requests.link_and_pending_sent(tx, cmd.caller.id, target.id)
+            if linked:
                 raise Duplicate(f"a pending or accepted request to {target.jid} already exists")
-            if await presence_requests.count_pending_sent(tx, cmd.caller.id) >= self.max_pending_sent:
+            if pending >= self.max_pending_sent:
                 raise LimitReached(
                     f"at most {self.max_pending_sent} pending requests may be sent at once"
                 )

@@ -397,8 +397,7 @@ class OutboxDispatcher(Worker):
 
         async def commit(tx: Conn) -> int:
             await outbox.delete(tx, done)
-            for record in saves:
-                await records.save(tx, record, now)
+            await records.save_many(tx, saves, now)
             dead = 0
             for row, error, final in failed:
                 dead += await self._spend(tx, row, error, final)

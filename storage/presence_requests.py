@@ -58,17 +58,6 @@ async def get(conn: Conn, request_id: RequestId) -> PresenceRequest | None:
     return _from_row(row) if row else None
 
 
-async def link_exists(conn: Conn, from_id: UserId, to_id: UserId) -> bool:
-    """Whether a live (pending or accepted) request links the pair in that direction."""
-    async with conn.execute(
-        "SELECT 1 FROM presence_requests WHERE from_user_id = ? AND to_user_id = ?",
-        (from_id, to_id),
-    ) as cur:
-        return await cur.fetchone() is not None
-
-
-
-
 async def mark_accepted(conn: Conn, request_id: RequestId, now_ms: int) -> bool:
     """pending -> accepted; False when the request is gone or no longer pending."""
     cur = await conn.execute(
@@ -89,13 +78,17 @@ async def delete_in_status(
     return cur.rowcount == 1
 
 
-async def count_pending_sent(conn: Conn, user_id: UserId) -> int:
+async def link_and_pending_sent(conn: Conn, from_id: UserId, to_id: UserId) -> tuple[bool, int]:
+    """What a new request from `from_id` to `to_id` checks, in one statement (one round
+    trip on PostgreSQL): whether a live (pending or accepted) request links the pair in
+    that direction, and how many pending requests `from_id` has sent."""
     async with conn.execute(
-        "SELECT count(*) FROM presence_requests WHERE from_user_id = ? AND status = 'pending'",
-        (user_id,),
+        "SELECT EXISTS (SELECT 1 FROM presence_requests WHERE from_user_id = ?1 AND to_user_id = ?2),"
+        " (SELECT count(*) FROM presence_requests WHERE from_user_id = ?1 AND status = 'pending')",
+        (from_id, to_id),
     ) as cur:
         row = await cur.fetchone()
-    return int(row[0])
+    return bool(row[0]), int(row[1])
 
 
 async def list_for(

@@ -61,20 +61,38 @@ async def mark_created(conn: Conn, owner: str, contact: str, now_ms: int) -> Non
     )
 
 
+_UPSERT = (
+    "INSERT INTO roster_items (owner, contact, created, granted, updated_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (owner, contact) DO UPDATE SET created = excluded.created,"
+    " granted = excluded.granted, version = roster_items.version + 1, updated_at = excluded.updated_at"
+)
+_DELETE = "DELETE FROM roster_items WHERE owner = ? AND contact = ?"
+
+
+def _holds_nothing(record: RosterRecord) -> bool:
+    return not record.created and record.granted == "none"
+
+
 async def save(conn: Conn, record: RosterRecord, now_ms: int) -> None:
     """Store what was applied; a record that holds nothing any more is deleted."""
-    if not record.created and record.granted == "none":
-        await conn.execute(
-            "DELETE FROM roster_items WHERE owner = ? AND contact = ?", (record.owner, record.contact)
-        )
+    if _holds_nothing(record):
+        await conn.execute(_DELETE, (record.owner, record.contact))
         return
-    await conn.execute(
-        "INSERT INTO roster_items (owner, contact, created, granted, updated_at)"
-        " VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (owner, contact) DO UPDATE SET created = excluded.created,"
-        " granted = excluded.granted, version = roster_items.version + 1, updated_at = excluded.updated_at",
-        (record.owner, record.contact, int(record.created), record.granted, now_ms),
-    )
+    await conn.execute(_UPSERT, (record.owner, record.contact, int(record.created), record.granted, now_ms))
+
+
+async def save_many(conn: Conn, records: list[RosterRecord], now_ms: int) -> None:
+    """`save` each record, in order, in two statements at most (one round trip each on
+    PostgreSQL): of several records of one item, the last is what is stored (its
+    version goes up once, which is all readers of `version` ask: did it change)."""
+    last = {(r.owner, r.contact): r for r in records}
+    upserts = [(r.owner, r.contact, int(r.created), r.granted, now_ms) for r in last.values() if not _holds_nothing(r)]
+    deletes = [(r.owner, r.contact) for r in last.values() if _holds_nothing(r)]
+    if upserts:
+        await conn.executemany(_UPSERT, upserts)
+    if deletes:
+        await conn.executemany(_DELETE, deletes)
 
 
 async def delete(conn: Conn, owner: str, contact: str) -> None:

@@ -204,6 +204,7 @@ async def test_postgres_a_batch_aborted_for_serializability_runs_again_whole(pos
         await db.write(lambda tx: tx.execute("INSERT INTO counter (v) VALUES (0)"))
         runs: list[int] = []
         gate = asyncio.Event()
+        loop = asyncio.get_running_loop()
 
         async def conflicting(tx: Conn) -> int:
             runs.append(1)
@@ -211,8 +212,9 @@ async def test_postgres_a_batch_aborted_for_serializability_runs_again_whole(pos
                 value = (await cur.fetchone())[0]
             if len(runs) == 1:
                 # While this transaction holds its snapshot, another one changes the
-                # row and commits: this UPDATE then fails to serialize.
-                await other.execute("UPDATE counter SET v = v + 100")
+                # row and commits: this UPDATE then fails to serialize. (The body runs
+                # on the writer's thread; `other` belongs to the test's loop.)
+                asyncio.run_coroutine_threadsafe(other.execute("UPDATE counter SET v = v + 100"), loop).result(10)
                 gate.set()
             await tx.execute("UPDATE counter SET v = ?", (value + 1,))
             return value + 1
@@ -231,4 +233,166 @@ async def test_postgres_a_batch_aborted_for_serializability_runs_again_whole(pos
         assert await other.fetchval("SELECT v FROM counter") == 101
     finally:
         await other.close()
+        await db.close()
+
+
+@pytest.mark.postgresql
+async def test_postgres_a_batch_with_a_failing_body_runs_again_with_savepoints(postgres) -> None:
+    """A batch first runs without savepoints; when a body fails, it is rolled back and
+    run again with a savepoint per body (the failing one rolls back only itself), and
+    so is the next batch; a batch without a failure turns savepoints off again."""
+    db = PostgresDatabase(postgres.new_database("group_rerun"))
+    await db.open()
+    try:
+        await db.write(lambda tx: tx.execute("CREATE TABLE items (n INTEGER PRIMARY KEY)"))
+        runs: list[int] = []
+
+        async def counted(tx: Conn, n: int, fail: bool = False) -> int:
+            runs.append(n)
+            await tx.execute("INSERT INTO items (n) VALUES (?)", (n,))
+            if fail:
+                raise ValueError(n)
+            return n
+
+        def batch(*bodies):  # queued in one loop turn: one batch
+            return asyncio.gather(*(db.write(b) for b in bodies), return_exceptions=True)
+
+        results = await batch(lambda tx: counted(tx, 1), lambda tx: counted(tx, 2, fail=True),
+                              lambda tx: counted(tx, 3))
+        assert results[0] == 1 and isinstance(results[1], ValueError) and results[2] == 3
+        assert runs == [1, 2, 1, 2, 3]  # stopped at the failure, then all of it guarded
+        assert db.rerun == 1 and await rows(db) == {1, 3}
+        # The next batch runs with savepoints at once: no failure, so no rerun either.
+        runs.clear()
+        assert await batch(lambda tx: counted(tx, 4), lambda tx: counted(tx, 5)) == [4, 5]
+        assert runs == [4, 5] and db.rerun == 1
+        # ... and the one after runs without: a failure makes it run again.
+        runs.clear()
+        results = await batch(lambda tx: counted(tx, 6), lambda tx: counted(tx, 1))  # 1: duplicate key
+        assert results[0] == 6 and isinstance(results[1], IntegrityError)
+        assert runs == [6, 1, 6, 1] and db.rerun == 2
+        assert await rows(db) == {1, 3, 4, 5, 6}
+    finally:
+        await db.close()
+
+
+@pytest.mark.postgresql
+async def test_postgres_a_read_body_of_several_statements_sees_one_snapshot(postgres) -> None:
+    """A read body's first SELECT runs alone; at its second statement the body is run
+    again in one snapshot (and bodies of the same code go there at once)."""
+    import asyncpg
+
+    url = postgres.new_database("group_reads")
+    db = PostgresDatabase(url)
+    await db.open()
+    other = await asyncpg.connect(url)
+    try:
+        await db.write(lambda tx: tx.execute("CREATE TABLE items (n INTEGER PRIMARY KEY)"))
+        runs: list[int] = []
+
+        async def twice(conn: Conn) -> tuple[int, int]:
+            runs.append(1)
+            async with conn.execute("SELECT count(*) FROM items") as cur:
+                before = (await cur.fetchone())[0]
+            # Committed by another connection between the two statements: not seen.
+            await other.execute("INSERT INTO items (n) VALUES ($1)", len(runs))
+            async with conn.execute("SELECT count(*) FROM items") as cur:
+                after = (await cur.fetchone())[0]
+            return before, after
+
+        assert await db.read(twice) == (1, 1)  # the first run's insert is seen by the second
+        assert len(runs) == 2
+        assert await db.read(twice) == (2, 2)  # straight into a snapshot this time
+        assert len(runs) == 3
+        assert await rows(db) == {1, 2, 3}
+    finally:
+        await other.close()
+        await db.close()
+
+
+@pytest.mark.postgresql
+async def test_postgres_a_read_body_cannot_write(postgres) -> None:
+    import asyncpg
+
+    db = PostgresDatabase(postgres.new_database("group_read_only"))
+    await db.open()
+    try:
+        await db.write(lambda tx: tx.execute("CREATE TABLE items (n INTEGER PRIMARY KEY)"))
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await db.read(lambda conn: conn.execute("INSERT INTO items (n) VALUES (1)"))
+        assert await rows(db) == set()
+    finally:
+        await db.close()
+
+
+@pytest.mark.postgresql
+async def test_postgres_writes_run_off_the_service_loop_and_survive_a_lost_connection(postgres) -> None:
+    """Write transactions run on the writer's own thread and connection; when that
+    connection is lost, a write fails at most (storage says "error"), the next one
+    connects again and works."""
+    import threading
+
+    import asyncpg
+
+    url = postgres.new_database("group_writer")
+    db = PostgresDatabase(url)
+    await db.open()
+    admin = await asyncpg.connect(url)
+    try:
+        async def where(tx: Conn) -> tuple[str, int]:
+            async with tx.execute("SELECT pg_backend_pid()") as cur:
+                return threading.current_thread().name, (await cur.fetchone())[0]
+
+        thread, pid = await db.write(where)
+        assert thread == "storage-writer" and thread != threading.current_thread().name
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        try:
+            # Fails, unless the driver saw the connection close first (then: a new one).
+            await db.write(lambda tx: tx.execute("SELECT 1"))
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError):
+            assert await db.state() == "error"
+        _, again = await db.write(where)
+        assert again != pid and await db.state() == "ok"
+    finally:
+        await admin.close()
+        await db.close()
+
+
+@pytest.mark.postgresql
+async def test_postgres_a_batch_sends_its_outbox_rows_together_in_order(postgres, monkeypatch) -> None:
+    """In a batch without savepoints the outbox rows are held back and sent in one
+    executemany before COMMIT, in the bodies' order; a statement naming the outbox
+    (here a body counting it) sends the rows held so far first, so it sees them."""
+    from storage import outbox, postgres as pg
+
+    db = PostgresDatabase(postgres.new_database("group_outbox"))
+    await db.open()
+    sent: list[int] = []
+    real_many = pg._many
+
+    async def counting(raw, sql, parameters):
+        rows = [tuple(p) for p in parameters]
+        if "INSERT INTO outbox" in sql:
+            sent.append(len(rows))
+        return await real_many(raw, sql, rows)
+
+    monkeypatch.setattr(pg, "_many", counting)
+    try:
+        async def add(tx: Conn, *names: str) -> None:
+            await outbox.add_many(tx, [("message", f"{n}@example.test", {"n": n}) for n in names], 1)
+
+        async def add_then_count(tx: Conn) -> int:
+            await add(tx, "c")
+            async with tx.execute("SELECT count(*) FROM outbox") as cur:
+                return (await cur.fetchone())[0]
+
+        results = await asyncio.gather(
+            db.write(lambda tx: add(tx, "a", "b")), db.write(add_then_count),
+            db.write(lambda tx: add(tx, "d")), db.write(lambda tx: add(tx, "e")),
+        )
+        assert results[1] == 3  # its own row and the first body's, sent before the count
+        assert sent == [3, 2]  # a, b, c before the count; d, e together before COMMIT
+        order = await db.read(lambda conn: outbox.next_batch(conn, 0, 10))
+        assert [r.payload["n"] for r in order] == ["a", "b", "c", "d", "e"]
+    finally:
         await db.close()
