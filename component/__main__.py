@@ -154,6 +154,7 @@ class Service:
             config.auth.admin_token,
             config.auth.login_limits(),
             limits.max_tokens_per_user,
+            config.auth.token_cache_s,
         )
         self.sharing = PresenceSharing(
             self.db, self.clock, served, self._outbox_written, limits.max_pending_sent,

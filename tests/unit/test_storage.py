@@ -248,8 +248,8 @@ async def test_purge_expired_deletes_only_expired_tokens(db: Database, alice: Us
     assert await db.write(two_tokens_then_purge) == 1
     async with db.reader.execute("SELECT hash FROM tokens") as cur:
         assert [r[0] for r in await cur.fetchall()] == [b"new"]
-    assert await tokens.user_for(db.reader, b"new", 100) == bob
-    assert await tokens.user_for(db.reader, b"new", 101) is None
+    assert await tokens.holder(db.reader, b"new", 100) == (bob, 101)
+    assert await tokens.holder(db.reader, b"new", 101) is None
 
 
 async def test_deleting_a_user_deletes_its_tokens(db: Database, alice: User) -> None:
