@@ -31,13 +31,15 @@ _STATUS = {status.value: status for status in STORED_STATUSES}
 
 
 def _from_row(row: sqlite3.Row) -> PresenceRequest:
+    # Positional: keyword arguments cost a frozen dataclass's __init__ about 15% more.
+    # (id, from_user, to_user, status, request_date, acceptation_date)
     return PresenceRequest(
-        id=RequestId(row[0]),
-        from_user=User(UserId(row[1]), BareJid(row[2])),
-        to_user=User(UserId(row[3]), BareJid(row[4])),
-        status=_STATUS[row[5]],
-        request_date=row[6],
-        acceptation_date=row[7],
+        RequestId(row[0]),
+        User(UserId(row[1]), BareJid(row[2])),
+        User(UserId(row[3]), BareJid(row[4])),
+        _STATUS[row[5]],
+        row[6],
+        row[7],
     )
 
 
