@@ -23,6 +23,7 @@ import logging.handlers
 import queue
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from component.actions import Identity, PresenceSharing
@@ -53,11 +54,36 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The thread that writes the log (setup_logging); None before, and after stop_logging().
 _log_listener: logging.handlers.QueueListener | None = None
 
+# How long the writer thread lets records gather once it has written all it had.
+LOG_LINGER_S = 0.02
+
+
+class _LogWriter(logging.handlers.QueueListener):
+    """The writer thread, woken at most once per `LOG_LINGER_S` while records keep coming.
+
+    A thread blocked on the queue is woken by every record put on it, and each wake-up
+    costs the event loop a thread switch and a turn of the GIL: with a line per HTTP
+    request, that was the largest single cost of a REST read (issue #14). So once the
+    queue is empty the thread sleeps `LOG_LINGER_S` before it waits again: records put
+    meanwhile are only appended (nobody waits to be woken) and written in one go. A line
+    is written at most that much later; an idle service's thread just waits."""
+
+    def dequeue(self, block: bool) -> logging.LogRecord:
+        try:
+            return self.queue.get_nowait()
+        except queue.Empty:
+            self.linger()
+            return self.queue.get(block)
+
+    def linger(self) -> None:
+        time.sleep(LOG_LINGER_S)
+
 
 def setup_logging(level: str) -> None:
-    """One line per record on stderr, written by a thread: the event loop only puts the
-    record on a queue, so a slow or blocked stderr (a pipe nobody reads fast enough, a
-    terminal) never stalls it. stop_logging() writes what is queued; it runs at exit too."""
+    """One line per record on stderr, written by a thread (`_LogWriter`): the event loop
+    only puts the record on a queue, so a slow or blocked stderr (a pipe nobody reads fast
+    enough, a terminal) never stalls it. stop_logging() writes what is queued; it runs at
+    exit too."""
     global _log_listener
     stop_logging()
     writer = logging.StreamHandler(sys.stderr)
@@ -66,7 +92,7 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.addHandler(logging.handlers.QueueHandler(records))
     root.setLevel(level.upper())
-    _log_listener = logging.handlers.QueueListener(records, writer)
+    _log_listener = _LogWriter(records, writer)
     _log_listener.start()
     atexit.register(stop_logging)
     # slixmpp logs every stanza of the component session at DEBUG: keep it to
@@ -128,6 +154,7 @@ class Service:
             config.auth.admin_token,
             config.auth.login_limits(),
             limits.max_tokens_per_user,
+            config.auth.token_cache_s,
         )
         self.sharing = PresenceSharing(
             self.db, self.clock, served, self._outbox_written, limits.max_pending_sent,

@@ -36,6 +36,7 @@ from component.errors import (
     WrongState,
 )
 from component.login_limits import LoginLimiter, LoginLimits
+from component.token_cache import TokenCache
 from component.model import (
     BareJid,
     Page,
@@ -92,7 +93,10 @@ class Identity:
         admin_token: str = "",
         login_limits: LoginLimits = LoginLimits(),
         max_tokens_per_user: int = 20,
+        token_cache_s: float = 5.0,
     ) -> None:
+        """`token_cache_s`: how long a token found valid in storage is trusted without
+        asking storage again (component/token_cache.py says what stays immediate)."""
         self.db = db
         self._admin_token = admin_token
         self.clock = clock
@@ -101,6 +105,7 @@ class Identity:
         self.token_ttl_ms = token_ttl_s * 1000
         self.login_limiter = LoginLimiter(clock, login_limits)
         self.max_tokens_per_user = max_tokens_per_user
+        self.token_cache = TokenCache(int(token_cache_s * 1000))
         # Logins by outcome, for /metrics: accepted, refused (wrong login or password),
         # limited (429), forbidden (a domain not served), unavailable (503).
         self.logins: Counter[str] = Counter()
@@ -179,6 +184,8 @@ class Identity:
             return user, revoked
 
         user, revoked = await self.db.write(issue)
+        if revoked:
+            self.token_cache.forget_user(user.id)
         log.info(
             "login accepted for %s from %s (user %s)%s", jid, client, user.id,
             f"; {revoked} oldest token(s) revoked (max_tokens_per_user)" if revoked else "",
@@ -204,6 +211,7 @@ class Identity:
 
         revoked = await self.db.write(record)
         if revoked:
+            self.token_cache.forget_user(user.id)
             log.info("the XMPP account %s is gone: %d token(s) revoked (user %s)", user.jid, revoked, user.id)
         return revoked
 
@@ -225,9 +233,15 @@ class Identity:
         if not token:
             raise Unauthorized("missing token")
         token_hash, now = _token_hash(token), self.clock.now_ms()
-        user = await self.db.read(lambda conn: tokens.user_for(conn, token_hash, now))
-        if user is None:
+        user = self.token_cache.get(token_hash, now)
+        if user is not None:
+            return user
+        generation = self.token_cache.generation
+        found = await self.db.read(lambda conn: tokens.holder(conn, token_hash, now))
+        if found is None:
             raise Unauthorized("invalid or expired token")
+        user, expires_at = found
+        self.token_cache.put(token_hash, user, expires_at, now, generation)
         return user
 
     async def principal(self, token: str | None) -> Principal:
@@ -240,7 +254,12 @@ class Identity:
 
     async def logout(self, token: str) -> None:
         token_hash = _token_hash(token)
-        await self.db.write(lambda tx: tokens.delete(tx, token_hash))
+        try:
+            await self.db.write(lambda tx: tokens.delete(tx, token_hash))
+        finally:
+            # After the commit (a check that read the token before it must not keep it);
+            # also when the write failed: forgetting is always safe.
+            self.token_cache.forget(token_hash)
 
 
 # Which party may apply a transition, from which state, and what it announces.

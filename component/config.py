@@ -127,6 +127,8 @@ class AuthConfig:
     # PEM file of the CA(s) the server's certificate is verified against; empty: the system's.
     c2s_tls_ca_file: str = ""
     token_ttl_s: int = field(default=86400, metadata=between(1, 366 * 86400))
+    # How long a token found valid is trusted from memory (component/token_cache.py).
+    token_cache_s: float = field(default=5.0, metadata=between(0, 3600))
     login_timeout_s: float = field(default=10.0, metadata=between(0.1, 300))
     max_concurrent_logins: int = field(default=32, metadata=between(1, 1000))
     # Failed logins allowed within login_failure_window_s: per JID from one client

@@ -25,15 +25,28 @@ _SELECT = (
 )
 
 
-def _from_row(row: sqlite3.Row) -> PresenceRequest:
-    return PresenceRequest(
-        id=RequestId(row[0]),
-        from_user=User(UserId(row[1]), BareJid(row[2])),
-        to_user=User(UserId(row[3]), BareJid(row[4])),
-        status=RequestStatus(row[5]),
-        request_date=row[6],
-        acceptation_date=row[7],
-    )
+# A stored status by its value: a dict lookup, where RequestStatus(value) takes a
+# good part of a row's conversion (a page of 100 rows converts 100).
+_STATUS = {status.value: status for status in STORED_STATUSES}
+
+
+def _from_row(row: sqlite3.Row, users: dict[str, User]) -> PresenceRequest:
+    """`users`: the users built so far for the same answer, shared (they are immutable):
+    every row of a page names the caller, so a page builds one User per row, not two."""
+    from_user = users.get(row[1])
+    if from_user is None:
+        from_user = users[row[1]] = User(UserId(row[1]), BareJid(row[2]))
+    to_user = users.get(row[3])
+    if to_user is None:
+        to_user = users[row[3]] = User(UserId(row[3]), BareJid(row[4]))
+    # Positional: keyword arguments cost a frozen dataclass's __init__ about 15% more.
+    # (id, from_user, to_user, status, request_date, acceptation_date)
+    return PresenceRequest(RequestId(row[0]), from_user, to_user, _STATUS[row[5]], row[6], row[7])
+
+
+def _from_rows(rows: list[sqlite3.Row]) -> list[PresenceRequest]:
+    users: dict[str, User] = {}
+    return [_from_row(row, users) for row in rows]
 
 
 async def insert(conn: Conn, request: PresenceRequest) -> None:
@@ -55,7 +68,7 @@ async def insert(conn: Conn, request: PresenceRequest) -> None:
 async def get(conn: Conn, request_id: RequestId) -> PresenceRequest | None:
     async with conn.execute(_SELECT + " WHERE r.id = ?", (request_id,)) as cur:
         row = await cur.fetchone()
-    return _from_row(row) if row else None
+    return _from_row(row, {}) if row else None
 
 
 async def mark_accepted(conn: Conn, request_id: RequestId, now_ms: int) -> bool:
@@ -132,7 +145,7 @@ async def list_for(
         f"SELECT count(*) FROM presence_requests r WHERE {where}", params
     ) as cur:
         total = (await cur.fetchone())[0]
-    return [_from_row(r) for r in rows], int(total)
+    return _from_rows(rows), int(total)
 
 
 async def accepted_between(conn: Conn, from_id: UserId, to_id: UserId) -> PresenceRequest | None:
@@ -141,7 +154,7 @@ async def accepted_between(conn: Conn, from_id: UserId, to_id: UserId) -> Presen
         (from_id, to_id),
     ) as cur:
         row = await cur.fetchone()
-    return _from_row(row) if row else None
+    return _from_row(row, {}) if row else None
 
 
 async def accepted_page(conn: Conn, after: RequestId | str, limit: int) -> list[PresenceRequest]:
@@ -150,4 +163,4 @@ async def accepted_page(conn: Conn, after: RequestId | str, limit: int) -> list[
         _SELECT + " WHERE r.status = 'accepted' AND r.id > ? ORDER BY r.id LIMIT ?", (after, limit)
     ) as cur:
         rows = await cur.fetchall()
-    return [_from_row(r) for r in rows]
+    return _from_rows(rows)

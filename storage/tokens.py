@@ -15,15 +15,16 @@ async def insert(
     )
 
 
-async def user_for(conn: Conn, token_hash: bytes, now_ms: int) -> User | None:
-    """The token's user, or None when the token is unknown or expired."""
+async def holder(conn: Conn, token_hash: bytes, now_ms: int) -> tuple[User, int] | None:
+    """The token's user and when the token expires (ms), or None when the token is
+    unknown or expired."""
     async with conn.execute(
-        "SELECT u.id, u.jid FROM tokens t JOIN users u ON u.id = t.user_id"
+        "SELECT u.id, u.jid, t.expires_at FROM tokens t JOIN users u ON u.id = t.user_id"
         " WHERE t.hash = ? AND t.expires_at > ?",
         (token_hash, now_ms),
     ) as cur:
         row = await cur.fetchone()
-    return User(UserId(row[0]), BareJid(row[1])) if row else None
+    return (User(UserId(row[0]), BareJid(row[1])), int(row[2])) if row else None
 
 
 async def delete(conn: Conn, token_hash: bytes) -> bool:

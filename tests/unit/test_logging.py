@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import queue
 import re
 import subprocess
 import sys
@@ -116,3 +117,44 @@ def test_a_refused_start_writes_its_reason_before_main_returns(root_logger, tmp_
     lines = [LINE.match(line) for line in capsys.readouterr().err.splitlines()]
     assert any(m and m.group("level") == "ERROR" and m.group("message").startswith("cannot start: another service")
                for m in lines), lines
+
+
+def test_records_queued_while_the_writer_lingers_are_written_without_waking_it() -> None:
+    """The writer thread waits on the queue (and is woken by a record) only when it has
+    lingered and found nothing: a burst is written after one wake-up, not one per record."""
+    from component.__main__ import _LogWriter
+
+    lingering, release = threading.Event(), threading.Event()
+
+    class CountingQueue(queue.SimpleQueue):
+        waits = 0
+
+        def get(self, block=True, timeout=None):
+            type(self).waits += 1
+            return super().get(block, timeout)
+
+    class HeldWriter(_LogWriter):
+        def linger(self) -> None:  # the first linger lasts until the test says so
+            if not lingering.is_set():
+                lingering.set()
+                release.wait(10)
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    records, sink = CountingQueue(), Collect()
+    writer = HeldWriter(records, sink)
+    writer.start()
+    assert lingering.wait(10)  # the queue was empty: the writer lingers, nobody waits on it
+    for k in range(100):
+        records.put(logging.makeLogRecord({"msg": "line %d", "args": (k,)}))
+    release.set()
+    writer.stop()
+    assert sink.messages == [f"line {k}" for k in range(100)]
+    # One wait that found the burst, perhaps one for stop()'s sentinel: not one per record.
+    assert CountingQueue.waits <= 2

@@ -211,6 +211,24 @@ async def test_list_for_pages_by_keyset_in_both_orders(
     assert ([r.id for r in page], total) == ([ids[1], ids[0]], 3)
 
 
+async def test_a_page_builds_each_user_once_and_every_row_keeps_its_values(
+    db: Database, alice: User, bob: User, carol: User
+) -> None:
+    made = [_pending(alice, bob, 1), _pending(alice, carol, 2), _pending(bob, carol, 3)]
+
+    async def three(tx: Conn) -> None:
+        for request in made:
+            await presence_requests.insert(tx, request)
+
+    await db.write(three)
+    page, total = await presence_requests.list_for(db.reader, alice.id, "sent", STORED_STATUSES, 10, 0, False)
+    assert (page, total) == (made[:2], 2)  # field by field, the users' ids and JIDs included
+    assert page[0].from_user is page[1].from_user  # the caller, built once for the page
+    (received,), _ = await presence_requests.list_for(db.reader, bob.id, "received", STORED_STATUSES, 10, 0, False)
+    assert received == made[0]
+    assert await presence_requests.get(db.reader, made[2].id) == made[2]
+
+
 # ---- tokens -----------------------------------------------------------------------------
 
 
@@ -248,8 +266,8 @@ async def test_purge_expired_deletes_only_expired_tokens(db: Database, alice: Us
     assert await db.write(two_tokens_then_purge) == 1
     async with db.reader.execute("SELECT hash FROM tokens") as cur:
         assert [r[0] for r in await cur.fetchall()] == [b"new"]
-    assert await tokens.user_for(db.reader, b"new", 100) == bob
-    assert await tokens.user_for(db.reader, b"new", 101) is None
+    assert await tokens.holder(db.reader, b"new", 100) == (bob, 101)
+    assert await tokens.holder(db.reader, b"new", 101) is None
 
 
 async def test_deleting_a_user_deletes_its_tokens(db: Database, alice: User) -> None:
