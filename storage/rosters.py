@@ -76,16 +76,14 @@ def _holds_nothing(record: RosterRecord) -> bool:
 
 async def save(conn: Conn, record: RosterRecord, now_ms: int) -> None:
     """Store what was applied; a record that holds nothing any more is deleted."""
-    if _holds_nothing(record):
-        await conn.execute(_DELETE, (record.owner, record.contact))
-        return
-    await conn.execute(_UPSERT, (record.owner, record.contact, int(record.created), record.granted, now_ms))
+    await save_many(conn, [record], now_ms)
 
 
 async def save_many(conn: Conn, records: list[RosterRecord], now_ms: int) -> None:
     """`save` each record, in order, in two statements at most (one round trip each on
     PostgreSQL): of several records of one item, the last is what is stored (its
-    version goes up once, which is all readers of `version` ask: did it change)."""
+    version goes up once, which is all readers of `version` ask: did it change); a
+    record that holds nothing any more is deleted."""
     last = {(r.owner, r.contact): r for r in records}
     upserts = [(r.owner, r.contact, int(r.created), r.granted, now_ms) for r in last.values() if not _holds_nothing(r)]
     deletes = [(r.owner, r.contact) for r in last.values() if _holds_nothing(r)]
