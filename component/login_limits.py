@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # When only checks still running hold the budget, the caller may try again soon.
 IN_FLIGHT_RETRY_MS = 1000
+_IN_FLIGHT_RETRY_S = max(1, -(-IN_FLIGHT_RETRY_MS // 1000))  # Retry-After, whole seconds
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class LoginLimiter:
     def admit(self, jid: str, address: str | None) -> LoginAttempt | int:
         """An attempt that may go to the XMPP server, or the seconds (>= 1) to wait."""
         decided = self._decide(jid, address)
-        return max(1, -(-IN_FLIGHT_RETRY_MS // 1000)) if isinstance(decided, _Failures) else decided
+        return _IN_FLIGHT_RETRY_S if isinstance(decided, _Failures) else decided
 
     async def acquire(self, jid: str, address: str | None) -> LoginAttempt | int:
         """As `admit`, except that an attempt held back only by checks still running
@@ -126,7 +127,7 @@ class LoginLimiter:
                 return decided
             left = deadline - loop.time()
             if left <= 0 or decided.waiting >= self.limits.per_address:
-                return max(1, -(-IN_FLIGHT_RETRY_MS // 1000))
+                return _IN_FLIGHT_RETRY_S
             if decided.settled is None or decided.settled.done():
                 decided.settled = loop.create_future()
             decided.waiting += 1
