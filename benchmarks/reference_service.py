@@ -8,7 +8,9 @@ One process, one event loop: an aiohttp app (no middlewares, no access log, no m
 two plain sqlite3 connections each on its own thread (one writer, one reader, WAL), and
 unless `--no-xmpp` a plain slixmpp ComponentXMPP. The figures it is the baseline of:
 F1 "create+accept+interrupt cycles/s, delivery complete" (>= 0.9 of this) and F2 "CPU per
-REST write, delivery excluded" (<= 1.5x this, run with `--no-xmpp`).
+REST write, delivery excluded" (<= 1.5x this, run with `--no-xmpp`); beside F4 "REST reads"
+(`--no-xmpp`) and F8 "CPU per accept with 1,000-item rosters" it is an informational row:
+what a minimal honest component costs for the same work.
 
 Start: `--tokens` is a JSON list of {"token", "userId", "jid"}; each user is inserted into
 `users` and the SHA-256 of each token into `tokens` (storage/tokens.py's shape; the token
@@ -27,6 +29,11 @@ Per request (what the service does in http_bridge/rainbow.py and component/actio
 - the token: `Authorization: Bearer T`, SHA-256(T) looked up in `tokens` JOIN `users`
   (expires_at > now) on the reader, group-batched; 401 if absent; 403 if the path's
   `{userId}` is not the caller. The service does the same read (Identity.authenticate).
+
+Reads (F4's paths, the service's defaults), each one call on the reader thread after the
+token check: `GET .../presences/{id}` (404 unless a party; the `full` format) and `GET
+.../presences/sent` (the first page of 100 in request date then id order and the count, in
+one read transaction; the `small` format, with limit, offset and total).
 
 Per transition, the durable writes (the service's, statement for statement) and stanzas:
 - create `POST .../users/{userId}/presences` {"toUserId"}: one transaction: read the target
@@ -282,6 +289,25 @@ def transition_body(caller: tuple[str, str], request_id: str, accept: bool, now:
     return body
 
 
+def sent_page(raw: sqlite3.Connection, user_id: str, limit: int) -> dict[str, Any]:
+    """storage/presence_requests.list_for's two statements for a first page of sent
+    requests (every stored status), in one read transaction; http_bridge/rainbow.py's
+    `small` format."""
+    raw.execute("BEGIN")
+    try:
+        rows = raw.execute(
+            "SELECT r.id, r.from_user_id, r.to_user_id, r.status, r.request_date FROM presence_requests r"
+            " JOIN users fu ON fu.id = r.from_user_id JOIN users tu ON tu.id = r.to_user_id"
+            " WHERE r.from_user_id = ? ORDER BY r.request_date ASC, r.id ASC LIMIT ? OFFSET 0",
+            (user_id, limit)).fetchall()
+        total = raw.execute("SELECT count(*) FROM presence_requests r WHERE r.from_user_id = ?",
+                            (user_id,)).fetchone()[0]
+    finally:
+        raw.execute("COMMIT")
+    return {"data": [{"id": r[0], "fromUserId": r[1], "toUserId": r[2], "status": r[3], "requestDate": iso_ms(r[4])}
+                     for r in rows], "limit": limit, "offset": 0, "total": total}
+
+
 def answer(req: dict[str, Any]) -> web.Response:
     """http_bridge/rainbow.py's request_json, `full` format."""
     return web.json_response({"data": {
@@ -500,6 +526,19 @@ class Reference:
         caller = await self.caller(request)
         return await self.write(transition_body(caller, request.match_info["id"], False, _now()))
 
+    async def get_one(self, request: web.Request) -> web.Response:
+        """GET .../presences/{id}: the request if the caller is a party (404 otherwise),
+        `full` format (the service's default for one request)."""
+        caller = await self.caller(request)
+        request_id = request.match_info["id"]
+        return answer(await self.reader.run(lambda raw: _request(raw, request_id, caller[0])))
+
+    async def list_sent(self, request: web.Request) -> web.Response:
+        """GET .../presences/sent: the first page (100) of the caller's sent requests,
+        request date then id order, `small` format, with the total (the service's defaults)."""
+        caller = await self.caller(request)
+        return web.json_response(await self.reader.run(lambda raw: sent_page(raw, caller[0], 100)))
+
     async def pending(self, _request: web.Request) -> web.Response:
         count = await self.reader.run(lambda raw: raw.execute("SELECT count(*) FROM outbox").fetchone()[0])
         return web.json_response({"outbox": count, "errors": self.delivery.errors if self.delivery else 0})
@@ -572,6 +611,8 @@ async def main() -> None:
     app.router.add_post(PRESENCES, ref.create)
     app.router.add_post(PRESENCES + "/{id}/accept", ref.accept)
     app.router.add_post(PRESENCES + "/{id}/interrupt", ref.interrupt)
+    app.router.add_get(PRESENCES + "/sent", ref.list_sent)
+    app.router.add_get(PRESENCES + "/{id}", ref.get_one)
     app.router.add_get("/pending", ref.pending)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

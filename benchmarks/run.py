@@ -409,9 +409,11 @@ class Bench:
     loadgen: int = field(default_factory=os.getpid)
 
     @staticmethod
-    def order(rep: int, first: str, second: str) -> tuple[str, str]:
-        """Who goes first in round `rep`: the two sides alternate first place."""
-        return (first, second) if rep % 2 == 0 else (second, first)
+    def order(rep: int, *sides: str) -> tuple[str, ...]:
+        """The sides' order in round `rep`: rotated each round, so each goes first in turn
+        (two sides alternate first place)."""
+        k = rep % len(sides)
+        return sides[k:] + sides[:k]
 
 
 @dataclass(frozen=True)
@@ -452,16 +454,19 @@ def read_jobs(b: Bench, readers: list[tuple[Session, str]]) -> list[tuple[tuple[
     return [(readers[i % len(readers)], i % 2) for i in range(b.size["reads"])]
 
 
-async def make_readers(b: Bench, service: ServiceProcess, sessions: dict[str, Session]) -> list[tuple[Session, str]]:
+async def make_readers(b: Bench, service: Any, sessions: dict[str, Session],
+                       delivered: bool = True) -> list[tuple[Session, str]]:
     """The readers (REST-only users kept out of the pair pool) each send `read_page`
-    pending requests on `service`, once; each reads one of them and its page of sent
+    pending requests on `service` (a ServiceProcess, or a ReferenceProcess: `delivered`
+    False when it has no XMPP side), once; each reads one of them and its page of sent
     requests."""
     assert b.http is not None
     if service.name not in b.readers:
         receivers = b.rest_only[len(READERS):][:b.size["read_page"]]
         pairs = [(s, r) for s in b.rest_only[:len(READERS)] for r in receivers]
         made = await creates(b.http, service.base_url, sessions, pairs)
-        await wait_outbox_empty(service.db_path)
+        if delivered:
+            await wait_outbox_empty(service.db_path)
         first: dict[str, str] = {}
         for (sender, _), rid in zip(pairs, made.ids):
             first.setdefault(sender, rid)
@@ -607,28 +612,42 @@ async def fig_writes(b: Bench) -> None:
 @figure("reads")
 async def fig_reads(b: Bench) -> None:
     """REST reads (get one, list first page), 32 workers, vs the bare aiohttp JSON handler
-    with the same load generator and paths."""
+    with the same load generator and paths (the issue's baseline); beside it (info) the
+    reference component's read handlers (`reference_service.py --no-xmpp`: the token by
+    hash, the same rows read on a reader thread, the same JSON), with the same readers'
+    requests made on it."""
     assert b.service is not None
     jobs = read_jobs(b, await make_readers(b, b.service, b.sessions))
-    await reads(b, b.service.base_url, jobs)  # warm-up (not counted)
-    await reads(b, b.bare_url, jobs)
-    svc, base = [], []
-    svc_cpu = CpuMeter({"service": b.service.pid, "load generator": b.loadgen})
-    base_cpu = CpuMeter({"bare aiohttp": b.bare_pid, "load generator": b.loadgen})
-    for rep in range(b.reps):
-        for who in b.order(rep, "baseline", "service"):
-            meter, url, out = ((svc_cpu, b.service.base_url, svc) if who == "service"
-                               else (base_cpu, b.bare_url, base))
-            meter.start()
-            out.append(await reads(b, url, jobs))
-            meter.stop()
-        say(f"reads round {rep + 1}/{b.reps}: service {svc[-1]:.0f} req/s, bare aiohttp {base[-1]:.0f} req/s")
-    s, r = med(svc), med(base)
+    ref = stack.ReferenceProcess(b.workdir, "reference-reads", token_entries(b.sessions, b.rest_only))
+    await ref.start()
+    try:
+        ref_jobs = read_jobs(b, await make_readers(b, ref, b.sessions, delivered=False))
+        sides = {"service": (b.service.base_url, jobs, b.service.pid), "baseline": (b.bare_url, jobs, b.bare_pid),
+                 "reference": (ref.base_url, ref_jobs, ref.pid)}
+        for url, side_jobs, _pid in sides.values():
+            await reads(b, url, side_jobs)  # warm-up (not counted)
+        rates: dict[str, list[float]] = {who: [] for who in sides}
+        meters = {who: CpuMeter({who: pid, "load generator": b.loadgen}) for who, (_u, _j, pid) in sides.items()}
+        for rep in range(b.reps):
+            for who in b.order(rep, "baseline", "service", "reference"):
+                url, side_jobs, _pid = sides[who]
+                meters[who].start()
+                async with profiled(b.service.pid, b.profile_dir if who == "service" else None, f"reads-{rep}"):
+                    rates[who].append(await reads(b, url, side_jobs))
+                meters[who].stop()
+            say(f"reads round {rep + 1}/{b.reps}: service {rates['service'][-1]:.0f} req/s, bare aiohttp "
+                f"{rates['baseline'][-1]:.0f} req/s, reference {rates['reference'][-1]:.0f} req/s")
+    finally:
+        ref.stop()
+    s, r, ref_rate = med(rates["service"]), med(rates["baseline"]), med(rates["reference"])
     n = b.reps * len(jobs)
     b.rows.append(Row(f"REST reads (get one, list first page), {WORKERS} clients", f"{s:.0f} req/s",
                       f"{r:.0f} req/s bare aiohttp", f"{s / r:.2f}", ">= 0.50", s / r >= 0.5,
-                      f"service req/s {fmt_list(svc)}, baseline {fmt_list(base)}; {svc_cpu.per(n, 'read')}; "
-                      f"baseline {base_cpu.per(n, 'read')}"))
+                      f"service req/s {fmt_list(rates['service'])}, baseline {fmt_list(rates['baseline'])}; "
+                      f"{meters['service'].per(n, 'read')}; baseline {meters['baseline'].per(n, 'read')}"))
+    b.rows.append(Row("(info) REST reads vs the reference read handlers", f"{s:.0f} req/s",
+                      f"{ref_rate:.0f} req/s reference component", f"{s / ref_rate:.2f}", "-", None,
+                      f"reference req/s {fmt_list(rates['reference'])}; reference {meters['reference'].per(n, 'read')}"))
 
 
 @figure("postgresql", postgres=True)
@@ -781,65 +800,94 @@ LARGE_ROSTER, SMALL_ROSTER = 1000, 10
 async def fig_rosters(b: Bench) -> None:
     """Service CPU per accept (REST accept, then the roster merge and messages until the
     outbox is empty) between users whose rosters hold 1,000 items, vs the same between
-    users with 10-item rosters; Prosody's own CPU per accept beside it."""
+    users with 10-item rosters; Prosody's own CPU per accept beside it, and (info) the
+    reference component's growth for the same accepts between other users with the same
+    rosters (its read of the owner's roster, merge and set: what any component that keeps
+    users' own items must do with Prosody 0.12)."""
     assert b.service is not None and b.http is not None
     size = ROSTER_SIZES["quick" if b.args.quick else "full"]
-    groups = {"large": [f"big{i:03d}" for i in range(size["users"])],
-              "small": [f"few{i:03d}" for i in range(size["users"])]}
+    users = {("service", "large"): "big", ("service", "small"): "few",
+             ("reference", "large"): "rbig", ("reference", "small"): "rfew"}
+    groups = {key: [f"{prefix}{i:03d}" for i in range(size["users"])] for key, prefix in users.items()}
     # Offline users, accounts and rosters written into Prosody's storage (read from disk
     # by Prosody for users without a session); contacts on the local domain (no s2s).
     stack.write_accounts(b.prosody, {n: password(n) for names in groups.values() for n in names})
     stack.write_rosters(b.prosody, {
         n: [(f"contact{i}.{n}@{DOMAIN}", "both", f"Contact {i}", ("Friends",))
             for i in range(LARGE_ROSTER if label == "large" else SMALL_ROSTER)]
-        for label, names in groups.items() for n in names})
+        for (_who, label), names in groups.items() for n in names})
     sessions = await login_all(b.http, b.service.base_url, [n for names in groups.values() for n in names])
-    pools = {label: PairPool(names, seed=4) for label, names in groups.items()}
-    meters = {label: CpuMeter({"service": b.service.pid, "prosody": b.prosody.pid}) for label in groups}
-    per: dict[str, dict[str, list[float]]] = {label: {"service": [], "prosody": []} for label in groups}
-    rates: dict[str, list[float]] = {label: [] for label in groups}
-    for label in groups:  # warm-up (not counted)
-        pairs = pools[label].take(min(8, size["accepts"]))
-        made = await creates(b.http, b.service.base_url, sessions, pairs)
-        await accepts(b.http, b.service.base_url, sessions, pairs, made.ids)
-        await wait_outbox_empty(b.service.db_path)
-    # The service's CPU while idle (timers, polls): the slower rounds count more of it.
-    idle = CpuMeter({"service": b.service.pid})
-    idle.start()
-    await asyncio.sleep(1 if b.args.quick else 5)
-    idle.stop()
-    idle_rate = idle.used["service"] / idle.wall
-    for rep in range(b.reps):
-        for label in b.order(rep, "large", "small"):
-            pairs = pools[label].take(size["accepts"])
-            made = await creates(b.http, b.service.base_url, sessions, pairs)  # pending (not measured)
-            await wait_outbox_empty(b.service.db_path)
-            meter = meters[label]
-            before = dict(meter.used)
-            t0 = time.monotonic()
-            meter.start()
-            async with profiled(b.service.pid, b.profile_dir, f"rosters-{label}-{rep}"):
-                await accepts(b.http, b.service.base_url, sessions, pairs, made.ids)
-                done = await wait_outbox_empty(b.service.db_path, timeout=900, poll=0.01)
-            meter.stop()
-            rates[label].append(len(pairs) / (done - t0))
-            for name in ("service", "prosody"):
-                per[label][name].append(1e6 * (meter.used[name] - before[name]) / len(pairs))
-        say(f"rosters round {rep + 1}/{b.reps}: service {per['large']['service'][-1]:.0f} us/accept with "
-            f"{LARGE_ROSTER}-item rosters, {per['small']['service'][-1]:.0f} us with {SMALL_ROSTER}")
-    sl, ss = med(per["large"]["service"]), med(per["small"]["service"])
-    pl, ps = med(per["large"]["prosody"]), med(per["small"]["prosody"])
+    ref = stack.ReferenceProcess(b.workdir, "reference-rosters", token_entries(
+        sessions, [n for (who, _label), names in groups.items() if who == "reference" for n in names]), b.prosody)
+    await ref.start()
+    try:
+        sides: dict[str, Any] = {"service": b.service, "reference": ref}
+        pools = {key: PairPool(names, seed=4) for key, names in groups.items()}
+        meters = {key: CpuMeter({key[0]: sides[key[0]].pid, "prosody": b.prosody.pid}) for key in groups}
+        per: dict[tuple[str, str], dict[str, list[float]]] = {key: {key[0]: [], "prosody": []} for key in groups}
+        rates: dict[tuple[str, str], list[float]] = {key: [] for key in groups}
+        for (who, _label), pool in pools.items():  # warm-up (not counted)
+            side = sides[who]
+            pairs = pool.take(min(8, size["accepts"]))
+            made = await creates(b.http, side.base_url, sessions, pairs)
+            await accepts(b.http, side.base_url, sessions, pairs, made.ids)
+            await wait_outbox_empty(side.db_path)
+        # The service's CPU while idle (timers, polls): the slower rounds count more of it.
+        idle = CpuMeter({"service": b.service.pid})
+        idle.start()
+        await asyncio.sleep(1 if b.args.quick else 5)
+        idle.stop()
+        idle_rate = idle.used["service"] / idle.wall
+        for rep in range(b.reps):
+            for who in b.order(rep, "service", "reference"):
+                side = sides[who]
+                for label in b.order(rep, "large", "small"):
+                    key = (who, label)
+                    pairs = pools[key].take(size["accepts"])
+                    made = await creates(b.http, side.base_url, sessions, pairs)  # pending (not measured)
+                    await wait_outbox_empty(side.db_path)
+                    meter = meters[key]
+                    before = dict(meter.used)
+                    t0 = time.monotonic()
+                    meter.start()
+                    async with profiled(b.service.pid, b.profile_dir if who == "service" else None,
+                                        f"rosters-{label}-{rep}"):
+                        await accepts(b.http, side.base_url, sessions, pairs, made.ids)
+                        done = await wait_outbox_empty(side.db_path, timeout=900, poll=0.01)
+                    meter.stop()
+                    rates[key].append(len(pairs) / (done - t0))
+                    for name in (who, "prosody"):
+                        per[key][name].append(1e6 * (meter.used[name] - before[name]) / len(pairs))
+            say(f"rosters round {rep + 1}/{b.reps}: service {per['service', 'large']['service'][-1]:.0f} us/accept "
+                f"with {LARGE_ROSTER}-item rosters, {per['service', 'small']['service'][-1]:.0f} us with "
+                f"{SMALL_ROSTER}; reference {per['reference', 'large']['reference'][-1]:.0f} us vs "
+                f"{per['reference', 'small']['reference'][-1]:.0f} us")
+    finally:
+        ref.stop()
+    sl, ss = med(per["service", "large"]["service"]), med(per["service", "small"]["service"])
+    pl, ps = med(per["service", "large"]["prosody"]), med(per["service", "small"]["prosody"])
+    rl, rs = med(per["reference", "large"]["reference"]), med(per["reference", "small"]["reference"])
     n = b.reps * size["accepts"]
     b.rows.append(Row(f"service CPU per accept, {LARGE_ROSTER}-item rosters (merge included)", f"{sl:.0f} us",
                       f"{ss:.0f} us with {SMALL_ROSTER}-item rosters", f"{sl / ss:.2f}", "<= 1.2x", sl / ss <= 1.2,
                       f"Prosody per accept {pl:.0f} us vs {ps:.0f} us ({pl / ps:.2f}x); service idle "
-                      f"{1e3 * idle_rate:.1f} ms/s (at the accepts/s below: {1e6 * idle_rate / med(rates['large']):.0f} "
-                      f"vs {1e6 * idle_rate / med(rates['small']):.0f} us per accept); {size['users']} users per "
-                      f"side, {size['accepts']} accepts per round, {WORKERS} workers, until the outbox is empty; "
-                      f"service us/accept {fmt_list(per['large']['service'])} vs {fmt_list(per['small']['service'])}, "
-                      f"accepts/s {fmt_list(rates['large'])} vs {fmt_list(rates['small'])}; "
-                      f"{LARGE_ROSTER} items: {meters['large'].per(n, 'accept')}; "
-                      f"{SMALL_ROSTER} items: {meters['small'].per(n, 'accept')}"))
+                      f"{1e3 * idle_rate:.1f} ms/s (at the accepts/s below: "
+                      f"{1e6 * idle_rate / med(rates['service', 'large']):.0f} vs "
+                      f"{1e6 * idle_rate / med(rates['service', 'small']):.0f} us per accept); {size['users']} users "
+                      f"per side, {size['accepts']} accepts per round, {WORKERS} workers, until the outbox is empty; "
+                      f"service us/accept {fmt_list(per['service', 'large']['service'])} vs "
+                      f"{fmt_list(per['service', 'small']['service'])}, accepts/s "
+                      f"{fmt_list(rates['service', 'large'])} vs {fmt_list(rates['service', 'small'])}; "
+                      f"{LARGE_ROSTER} items: {meters['service', 'large'].per(n, 'accept')}; "
+                      f"{SMALL_ROSTER} items: {meters['service', 'small'].per(n, 'accept')}"))
+    b.rows.append(Row(f"(info) reference component CPU per accept, {LARGE_ROSTER}-item rosters", f"{rl:.0f} us",
+                      f"{rs:.0f} us with {SMALL_ROSTER}-item rosters", f"{rl / rs:.2f}", "-", None,
+                      f"the same accepts between other users with the same rosters; reference us/accept "
+                      f"{fmt_list(per['reference', 'large']['reference'])} vs "
+                      f"{fmt_list(per['reference', 'small']['reference'])}, accepts/s "
+                      f"{fmt_list(rates['reference', 'large'])} vs {fmt_list(rates['reference', 'small'])}; "
+                      f"{LARGE_ROSTER} items: {meters['reference', 'large'].per(n, 'accept')}; "
+                      f"{SMALL_ROSTER} items: {meters['reference', 'small'].per(n, 'accept')}"))
 
 
 @figure("stored", phase="stored")
@@ -955,7 +1003,7 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], li
         if postgres is not None:
             postgres.stop()
         prosody.stop()
-    notes.append(f"{b.reps} rounds per figure, medians shown; baseline and service alternate first place each round")
+    notes.append(f"{b.reps} rounds per figure, medians shown; the sides take turns at going first, round by round")
     notes.append("the load generator, the XMPP clients, Prosody and the service share this machine's CPUs")
     return b.rows, notes
 
