@@ -21,14 +21,42 @@ ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>[\w.]+): (?P<message>.*)$")
 
 
+SWITCHES = ("logThreads", "logProcesses", "logMultiprocessing", "_srcfile")
+
+
 @pytest.fixture
 def root_logger():
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    switches = {name: getattr(logging, name) for name in SWITCHES}
     yield root
     stop_logging()
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, value in switches.items():  # pytest's own log reports name the call site
+        setattr(logging, name, value)
+
+
+def test_other_handlers_see_the_record_as_logged_and_the_line_the_values_at_log_time(root_logger, capsys) -> None:
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    setup_logging("info")
+    root_logger.addHandler(Keep())
+    jids = ["alice@example.test"]
+    try:
+        raise KeyError("gone")
+    except KeyError:
+        logging.getLogger("component").warning("roster of %s", jids, exc_info=True)
+    jids.append("bob@example.test")  # after the call: the line keeps what was logged
+    stop_logging()
+    err = capsys.readouterr().err
+    assert "WARNING component: roster of ['alice@example.test']" in err
+    assert "KeyError: 'gone'" in err and "bob@" not in err
+    assert len(seen) == 1 and seen[0].args == (jids,) and seen[0].exc_info is not None
 
 
 def test_the_root_logger_gets_a_queue_handler_and_lines_keep_their_format(root_logger, capsys) -> None:
