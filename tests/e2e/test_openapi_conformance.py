@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 
 from local_prosody import LocalProsody
-from tests.e2e.conftest import ADMIN_TOKEN, OTHER_DOMAIN, RestApi, ServiceFactory, Session
+from tests.e2e.conftest import ADMIN_TOKEN, OTHER_DOMAIN, PASSWORDS, RestApi, ServiceFactory, Session
 from tests.e2e.test_subscriptions import assert_kazoo_success, provision
 
 pytestmark = pytest.mark.e2e
@@ -197,7 +197,9 @@ async def test_the_live_service_answers_as_openapi_yaml_says(
                 Operations(RAINBOW_AS_ALICE, {"Authorization": f"Bearer {alice.token}"}),
                 Operations(RAINBOW_AS_BOB, {"Authorization": f"Bearer {bob.token}"}, {"path.userId": "bob"}),
                 Operations(("logout",), {"Authorization": f"Bearer {revoked.token}"}),
-                Operations(("login",), basic=("alice@example.test", "alice-pw")),
+                # Carol's token is no operation's: each login beyond [limits]
+                # max_tokens_per_user (20) revokes its user's oldest token, alice's would go.
+                Operations(("login",), basic=(carol.jid, PASSWORDS["carol"])),
                 Operations(KAZOO, {"X-Auth-Token": ADMIN_TOKEN}, {
                     "path.account_id": "accounts", "path.user_id": "account_users", "path.device_id": "devices",
                 }),
@@ -234,3 +236,8 @@ async def test_the_live_service_answers_as_openapi_yaml_says(
     text = output.decode(errors="replace")
     print(text)  # shown with -s, and kept in the report of a failure
     assert proc.returncode == 0, f"{text[-20000:]}\n(every call: {tmp_path / 'report'})"
+    # The tokens the operations were given held for the whole run: revoked half-way, the
+    # remaining calls would only meet 401 and never reach the operations' own answers.
+    for session, box in ((alice, "sent"), (bob, "received")):
+        status, body = await api.list(session, box)
+        assert status == 200, (session.jid, status, body)
