@@ -22,6 +22,12 @@ each limit here does, and why it is built this way:
   aiohttp documents as one) through `_ConnectionCap`, which counts the connections open
   and closes a new one at once when the cap is reached: nothing is read or answered
   (a client retries later), and the connections already open are not slowed down.
+
+A request aiohttp cannot parse (a bad request line, a NUL in a header) is answered 400 by
+aiohttp itself, which then logs a traceback whose message echoes the raw line, a token in
+`Authorization` included, over several lines. Its connections log through
+`_ServerLog` instead: one line naming the client and the error's class, nothing the
+client sent.
 """
 
 from __future__ import annotations
@@ -29,9 +35,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from typing import Any
+
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from component.config import HttpConfig
+from component.logfields import untrusted
 from http_bridge.context import HTTP_SETTINGS
 
 log = logging.getLogger("http_bridge")
@@ -54,6 +64,7 @@ class HttpListener:
             access_log=None,  # request_context logs one line per request
             keepalive_timeout=settings.header_timeout_s,
             lingering_time=settings.body_timeout_s,
+            logger=_ServerLog(logging.getLogger("aiohttp.server"), {}),
         )
         await self._runner.setup()
         assert self._runner.server is not None
@@ -100,6 +111,21 @@ class _ConnectionCap:
         if self._refused and self.open < self._limit:
             log.info("http: accepting connections again (%d were closed at the limit)", self._refused)
             self._refused = 0
+
+
+class _ServerLog(logging.LoggerAdapter):
+    """aiohttp's connection logger (`RequestHandler(logger=...)`): a request aiohttp could
+    not parse is one line without its content; every other error is logged as aiohttp
+    logs it (aiohttp calls `exception` for both, with the error as `exc_info`)."""
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            # aiohttp's message is "Error handling request from %s", with the peer's address.
+            peer = untrusted(str(args[0])) if args else "-"
+            log.info("http: a request from %s that is not valid HTTP was refused: %d %s",
+                     peer, exc_info.code, type(exc_info).__name__)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class _Counted(asyncio.Protocol):

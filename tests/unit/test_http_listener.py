@@ -320,3 +320,26 @@ async def test_invite_codes_in_paths_are_logged_cut_to_six_characters(
         _, messages = await logged_request(listener, caplog, head)
         assert len(messages) == 1 and messages[0].startswith(logged), messages
         assert code[6:12] not in messages[0]
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer SECRET-TOKEN-42\x00\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Probe: SECRET-TOKEN-42\x01\r\n",
+    b"GET /he\x00althz?t=SECRET-TOKEN-42 HTTP/1.1\r\nHost: x\r\n",
+])
+async def test_a_request_that_is_not_http_is_a_400_and_one_line_without_its_content(
+    serve: Serve, caplog: pytest.LogCaptureFixture, head: bytes
+) -> None:
+    listener = await serve()
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await connect(listener)
+    writer.write(head + b"Connection: close\r\n\r\n")
+    answer = await read_until_closed(reader)
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400", answer[:40]  # aiohttp's own answer (HTTP/1.0)
+    assert (await healthz(listener)).startswith(b"HTTP/1.1 200 ")  # still serving
+    logged = [r for r in caplog.records if "not valid HTTP" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is None
+    assert logged[0].getMessage().startswith("http: a request from 127.0.0.1 that is not valid HTTP was refused: 400 ")
+    text = caplog.text + "".join(str(r.exc_info) + str(r.args) for r in caplog.records)
+    assert "SECRET-TOKEN" not in text
