@@ -39,6 +39,8 @@ def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
         "service peak RSS",
         "service CPU per delivered stanza, draining",
         "service CPU per accept, 1000-item rosters",
+        "(info) REST reads vs the reference read handlers",
+        "(info) reference component CPU per accept, 1000-item rosters",
     ):
         assert figure in result.stdout, output[-4000:]
 
