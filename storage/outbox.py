@@ -44,7 +44,7 @@ async def add_many(
         await conn.executemany(
             "INSERT INTO outbox (kind, recipient, payload, created_at) VALUES (?, ?, ?, ?)",
             [
-                (kind, recipient, json.dumps(payload, separators=(",", ":")), now_ms)
+                (kind, recipient, dead_letters.encode_payload(payload), now_ms)
                 for kind, recipient, payload in rows
             ],
         )
