@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
 from typing import Any
 
 from aiohttp import web
@@ -115,17 +114,18 @@ class _ConnectionCap:
 
 class _ServerLog(logging.LoggerAdapter):
     """aiohttp's connection logger (`RequestHandler(logger=...)`): a request aiohttp could
-    not parse is one line without its content; every other error is logged as aiohttp
-    logs it (aiohttp calls `exception` for both, with the error as `exc_info`)."""
+    not parse is one line without its content, at info (or at debug where aiohttp logs it
+    at debug: a first request that is not HTTP at all); every other record is logged as
+    aiohttp logs it. aiohttp passes the error as `exc_info`."""
 
-    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+    def log(self, level: int, msg: object, *args: Any, exc_info: Any = None, **kwargs: Any) -> None:
         if isinstance(exc_info, HttpProcessingError):
             # aiohttp's message is "Error handling request from %s", with the peer's address.
             peer = untrusted(str(args[0])) if args else "-"
-            log.info("http: a request from %s that is not valid HTTP was refused: %d %s",
-                     peer, exc_info.code, type(exc_info).__name__)
+            log.log(min(level, logging.INFO), "http: a request from %s that is not valid HTTP was refused: %d %s",
+                    peer, exc_info.code, type(exc_info).__name__)
             return
-        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+        super().log(level, msg, *args, exc_info=exc_info, **kwargs)
 
 
 class _Counted(asyncio.Protocol):

@@ -326,6 +326,7 @@ async def test_invite_codes_in_paths_are_logged_cut_to_six_characters(
     b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer SECRET-TOKEN-42\x00\r\n",
     b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Probe: SECRET-TOKEN-42\x01\r\n",
     b"GET /he\x00althz?t=SECRET-TOKEN-42 HTTP/1.1\r\nHost: x\r\n",
+    b"\x16\x03\x01SECRET-TOKEN-42 /healthz HTTP/1.1\r\nHost: x\r\n",  # not HTTP at all: aiohttp logs at debug
 ])
 async def test_a_request_that_is_not_http_is_a_400_and_one_line_without_its_content(
     serve: Serve, caplog: pytest.LogCaptureFixture, head: bytes
