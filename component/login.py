@@ -184,8 +184,9 @@ class _C2sConnection(asyncio.Protocol):
         # the young collections and pile up, ~10 MB of RSS. XMLParser.close() breaks
         # the cycle the same way, but only after a complete document.
         parser, self._parser = self._parser, None
-        if parser is not None:
-            del parser.parser, parser._parser, parser.target, parser._target
+        if parser is not None:  # by name, as XMLParser.close() does; tolerant of a newer stdlib
+            for name in ("parser", "_parser", "target", "_target"):
+                parser.__dict__.pop(name, None)
 
     async def stream_features(self) -> Element:
         """The server's stream header, then its first element, which must be its features."""
