@@ -172,7 +172,8 @@ class _C2sConnection(asyncio.Protocol):
         self.send(_stream_header(domain))
 
     def release(self) -> None:
-        """After the check (the transport aborted): frees the parser at once."""
+        """Drops the stream's parser and target, freeing the parser at once: after the
+        check (the transport aborted), and before STARTTLS (a new stream follows)."""
         self._drop_parser()
         self._target = None
 
@@ -220,8 +221,7 @@ class _C2sConnection(asyncio.Protocol):
         if target is not None and (target.elements or target.partial):
             # Plaintext after <proceed/> would be read as if it came over TLS.
             raise ServerAnswerInvalid("the server sent more after <proceed/>")
-        self._drop_parser()
-        self._target = None
+        self.release()
         loop = asyncio.get_running_loop()
         assert self.transport is not None
         upgraded = await loop.start_tls(self.transport, self, context, server_hostname=domain)
