@@ -244,16 +244,22 @@ async def list_latencies(base: str, user_id: str, token: str, n: int, warmup: in
 # ---- profiling (optional) --------------------------------------------------------------
 
 
+# py-spy's sampling (--profile-gil: only the samples holding the GIL, the interpreter
+# time a GIL-bound process spends on each frame).
+PY_SPY_SAMPLES = ["--idle"]
+
+
 @contextlib.asynccontextmanager
 async def profiled(pid: int, out_dir: Path | None, name: str):
-    """With --profile DIR: py-spy records the service process while the block runs."""
+    """With --profile DIR: py-spy records the process `pid` while the block runs (every
+    sample, idle ones included; with --profile-gil only those holding the GIL)."""
     local = Path(sys.executable).parent / "py-spy"
     exe = str(local) if local.exists() else shutil.which("py-spy")
     if out_dir is None or exe is None:
         yield
         return
     out = out_dir / f"{name}.txt"
-    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--threads", "--idle",
+    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--threads", *PY_SPY_SAMPLES,
                              "--format", "raw", "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=open(out_dir / f"{name}.log", "ab"),
                             start_new_session=True)
@@ -632,7 +638,8 @@ async def fig_reads(b: Bench) -> None:
             for who in b.order(rep, "baseline", "service", "reference"):
                 url, side_jobs, _pid = sides[who]
                 meters[who].start()
-                async with profiled(b.service.pid, b.profile_dir if who == "service" else None, f"reads-{rep}"):
+                # The reference is profiled too: its stacks show what the service does more.
+                async with profiled(_pid, b.profile_dir if who != "baseline" else None, f"reads-{who}-{rep}"):
                     rates[who].append(await reads(b, url, side_jobs))
                 meters[who].stop()
             say(f"reads round {rep + 1}/{b.reps}: service {rates['service'][-1]:.0f} req/s, bare aiohttp "
@@ -974,6 +981,7 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], li
     profile_dir = Path(args.profile).resolve() if args.profile else None
     if profile_dir:
         profile_dir.mkdir(parents=True, exist_ok=True)
+        PY_SPY_SAMPLES[:] = ["--gil"] if args.profile_gil else ["--idle"]
         notes.append(f"profiled run (py-spy on the service, raw stacks in {profile_dir}): figures are skewed")
 
     connected = [f"c{i:03d}" for i in range(size["connected"])]
@@ -1060,7 +1068,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CI smoke run; never fails on targets")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per figure (medians reported), default 3")
-    parser.add_argument("--profile", metavar="DIR", help="record the service with py-spy during its rounds")
+    parser.add_argument("--profile", metavar="DIR", help="record the service with py-spy during its rounds"
+                        " (and the reference during its reads rounds)")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="with --profile: only the samples holding the GIL (py-spy --gil)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
     parser.add_argument("--only", metavar="NAMES", default=",".join(FIGURES),
                         help=f"comma-separated figures to run, in this order: {','.join(FIGURES)} (default: all)")
