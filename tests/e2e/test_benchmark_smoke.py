@@ -41,6 +41,7 @@ def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
         "service CPU per accept, 1000-item rosters",
         "(info) REST reads vs the reference read handlers",
         "(info) reference component CPU per accept, 1000-item rosters",
+        "(info) XML parse of one 1000-item roster answer, as the service parses it",
     ):
         assert figure in result.stdout, output[-4000:]
 
