@@ -42,16 +42,16 @@ def _stop_as_on_ctrl_c(signum: int, frame: object) -> None:
     """Hand the signal to whatever SIGINT handler is in place: pytest's KeyboardInterrupt
     (it then tears down every fixture, session ones included), or, inside an async test,
     asyncio.Runner's, which first cancels the test's task so that its own `finally`
-    blocks run with the event loop still there (a KeyboardInterrupt raised in the loop's
-    select() would leave them unrun), then raises KeyboardInterrupt.
+    blocks run at once, then raises KeyboardInterrupt. (With SIGINT ignored, as in a
+    script's background job, there is no Runner handler: the KeyboardInterrupt leaves
+    the test's task pending, and its `finally` blocks run when pytest-asyncio closes the
+    loop, which cancels it; later, but they run.)
 
     Once only: a second signal arriving during the teardown is ignored so that the teardown
     the first one asked for completes (SIGKILL still ends a hung one). A Python no-op, not
     SIG_IGN: an ignored signal would stay ignored in every server started afterwards."""
     for sig in _STOP_SIGNALS:
         signal.signal(sig, lambda *_: None)
-    print(f"\n{signal.Signals(signum).name}: stopping the run as on Ctrl-C (teardown runs)",
-          flush=True)
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)
