@@ -16,8 +16,8 @@ the servers it started (`pytest_configure` below).
 from __future__ import annotations
 
 import itertools
-import signal
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
