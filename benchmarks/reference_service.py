@@ -33,7 +33,8 @@ Per request (what the service does in http_bridge/rainbow.py and component/actio
 Reads (F4's paths, the service's defaults), each one call on the reader thread after the
 token check: `GET .../presences/{id}` (404 unless a party; the `full` format) and `GET
 .../presences/sent` (the first page of 100 in request date then id order and the count, in
-one read transaction; the `small` format, with limit, offset and total).
+one read transaction; the `small` format, with limit, offset and total). Answers are encoded
+as the service's are (http_bridge/envelopes.json_response, orjson).
 
 Per transition, the durable writes (the service's, statement for statement) and stanzas:
 - create `POST .../users/{userId}/presences` {"toUserId"}: one transaction: read the target
@@ -107,6 +108,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from component.clock import iso_ms  # noqa: E402
 from component.model import new_object_id  # noqa: E402
+from http_bridge.envelopes import json_response  # noqa: E402
 from storage.batches import Batches, Job  # noqa: E402
 
 PRESENCES = "/api/rainbow/enduser/v1.0/users/{userId}/presences"
@@ -310,7 +312,7 @@ def sent_page(raw: sqlite3.Connection, user_id: str, limit: int) -> dict[str, An
 
 def answer(req: dict[str, Any]) -> web.Response:
     """http_bridge/rainbow.py's request_json, `full` format."""
-    return web.json_response({"data": {
+    return json_response({"data": {
         "id": req["id"], "fromUserId": req["fromUserId"], "toUserId": req["toUserId"], "status": req["status"],
         "requestDate": iso_ms(req["requestDate"]), "acceptationDate": iso_ms(req["acceptationDate"]),
         "declinationDate": None, "cancellationDate": None, "fromJid": req["fromJid"], "toJid": req["toJid"],
@@ -537,11 +539,11 @@ class Reference:
         """GET .../presences/sent: the first page (100) of the caller's sent requests,
         request date then id order, `small` format, with the total (the service's defaults)."""
         caller = await self.caller(request)
-        return web.json_response(await self.reader.run(lambda raw: sent_page(raw, caller[0], 100)))
+        return json_response(await self.reader.run(lambda raw: sent_page(raw, caller[0], 100)))
 
     async def pending(self, _request: web.Request) -> web.Response:
         count = await self.reader.run(lambda raw: raw.execute("SELECT count(*) FROM outbox").fetchone()[0])
-        return web.json_response({"outbox": count, "errors": self.delivery.errors if self.delivery else 0})
+        return json_response({"outbox": count, "errors": self.delivery.errors if self.delivery else 0})
 
 
 def _now() -> int:
@@ -553,7 +555,7 @@ async def refusals(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Refused as exc:
-        return web.json_response({"errorCode": exc.status, "errorDetails": str(exc)}, status=exc.status)
+        return json_response({"errorCode": exc.status, "errorDetails": str(exc)}, status=exc.status)
 
 
 async def prepare(db_path: str, tokens_path: str) -> None:

@@ -16,7 +16,7 @@ from component.errors import INTERNAL, INTERNAL_TEXT, DomainError, WireError
 from component.logfields import untrusted
 from http_bridge import kazoo, metrics, rainbow, xlink
 from http_bridge.context import HTTP_SETTINGS, REQUEST_ID, SERVICES, USER_JID, Services
-from http_bridge.envelopes import render_error
+from http_bridge.envelopes import json_response, render_error
 
 log = logging.getLogger("http_bridge")
 
@@ -95,7 +95,7 @@ async def error_envelopes(request: web.Request, handler: Callable[[web.Request],
 
 async def healthz(request: web.Request) -> web.Response:
     ok, body = await request.app[SERVICES].health()
-    return web.json_response(body, status=200 if ok else 503)
+    return json_response(body, status=200 if ok else 503)
 
 
 def build_app(services: Services, settings: HttpConfig = HttpConfig()) -> web.Application:

@@ -6,8 +6,10 @@ everything else (Rainbow paths, /healthz, unknown paths) uses Rainbow's envelope
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from component.errors import WireError
@@ -16,6 +18,20 @@ from http_bridge.inputs import bearer_token
 
 KAZOO_PREFIX = "/v2/accounts"
 XLINK_PREFIX = "/v2/share"
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """`data` as the JSON answer every handler sends (what aiohttp's `web.json_response`
+    sends: `application/json; charset=utf-8`), encoded by orjson: a first page of 20
+    requests took json.dumps 55 us of the event loop's time, orjson 3.5 us (issue #14).
+    What orjson refuses (a lone surrogate, which a client can send as a JSON escape and
+    an error detail may echo; an integer beyond 64 bits) is encoded by json.dumps, as
+    before, so no value the json module takes makes an error."""
+    try:
+        body = orjson.dumps(data)
+    except TypeError:  # orjson.JSONEncodeError
+        body = json.dumps(data).encode()
+    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
 
 
 def _under(request: web.Request, prefix: str) -> bool:
@@ -59,7 +75,7 @@ def _envelope(
         }
     elif _under(request, XLINK_PREFIX):
         code = wire.xlink_code or wire.http_status * 10000 + 1000
-        return web.json_response(
+        return json_response(
             {"error": {"code": code, "msg": detail}}, status=code // 10000
         )
     else:
@@ -69,12 +85,12 @@ def _envelope(
             "errorDetails": detail,
             "errorDetailsCode": wire.rainbow_code,
         }
-    return web.json_response(body, status=wire.http_status)
+    return json_response(body, status=wire.http_status)
 
 
 def kazoo_envelope(request: web.Request, data: Any, status: int = 200) -> web.Response:
     """Kazoo's success envelope: auth_token, data, request_id, revision, status."""
-    return web.json_response(
+    return json_response(
         {
             "auth_token": bearer_token(request) or "",
             "data": data,

@@ -27,6 +27,7 @@ from component.model import (
     parse_user_id,
 )
 from http_bridge.context import USER_JID, services_of
+from http_bridge.envelopes import json_response
 from http_bridge.inputs import bearer_token, read_json_object
 
 AUTH = "/api/rainbow/authentication/v1.0"
@@ -105,7 +106,7 @@ async def login(request: web.Request) -> web.Response:
     # The peer's address as the socket shows it; X-Forwarded-For is not trusted.
     token, user = await services_of(request).identity.login(jid, password, request.remote)
     request[USER_JID] = user.jid
-    return web.json_response({"token": token, "loggedInUser": user_json(user)})
+    return json_response({"token": token, "loggedInUser": user_json(user)})
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -113,7 +114,7 @@ async def logout(request: web.Request) -> web.Response:
     token = bearer_token(request)
     assert token is not None
     await services_of(request).identity.logout(token)
-    return web.json_response({"status": "Logout successfully"})
+    return json_response({"status": "Logout successfully"})
 
 
 # ---- presence sharing --------------------------------------------------------------
@@ -130,14 +131,14 @@ async def create_request(request: web.Request) -> web.Response:
     created = await services_of(request).sharing.create(
         CreatePresenceRequest(user, to_user_id=to_user_id, to_jid=to_jid)
     )
-    return web.json_response({"data": request_json(created)})
+    return json_response({"data": request_json(created)})
 
 
 async def get_request(request: web.Request) -> web.Response:
     user = await path_user(request)
     request_id = parse_request_id(request.match_info["presenceReqId"])
     found = await services_of(request).sharing.get(user, request_id)
-    return web.json_response({"data": request_json(found, _format(request, "full"))})
+    return json_response({"data": request_json(found, _format(request, "full"))})
 
 
 def _transition_handler(transition: Transition):
@@ -147,7 +148,7 @@ def _transition_handler(transition: Transition):
         done = await services_of(request).sharing.transition(
             TransitionPresenceRequest(user, request_id, transition)
         )
-        return web.json_response({"data": request_json(done)})
+        return json_response({"data": request_json(done)})
 
     handler.__name__ = f"{transition.value}_request"
     return handler
@@ -184,7 +185,7 @@ async def _list(request: web.Request, box: str) -> web.Response:
             descending=sort_order == "-1",
         )
     )
-    return web.json_response(
+    return json_response(
         {
             "data": [request_json(item, fmt) for item in page.items],
             "limit": page.limit,

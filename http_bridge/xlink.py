@@ -18,6 +18,7 @@ from component.errors import BadRequest
 from component.device_sharing import DeviceSharing, redeem_uri, share_fields
 from component.model import User, parse_invite_code
 from http_bridge.context import USER_JID, services_of
+from http_bridge.envelopes import json_response
 from http_bridge.inputs import bearer_token, read_json_object
 
 P = "/v2/share/device"
@@ -70,7 +71,7 @@ async def share(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     sharing = _sharing(request)
     created = await sharing.share(ShareDevice.from_fields(user, body, sharing.settings.max_expire_s))
-    return web.json_response({"invite_code": created.invite_code})
+    return json_response({"invite_code": created.invite_code})
 
 
 def _answer_handler(action: str):
@@ -89,7 +90,7 @@ def _answer_handler(action: str):
 async def list_shares(request: web.Request) -> web.Response:
     user = await caller(request)
     found = await _sharing(request).list(user)
-    return web.json_response([share_fields(s) for s in found])
+    return json_response([share_fields(s) for s in found])
 
 
 async def delete(request: web.Request) -> web.Response:

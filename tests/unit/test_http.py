@@ -308,6 +308,18 @@ async def test_create_with_a_body_too_deep_or_not_utf8(
     assert await request_rows(db) == []
 
 
+async def test_a_lone_surrogate_echoed_in_an_error_is_still_answered(alice: Session, db: Database) -> None:
+    # JSON lets a client escape a lone surrogate; the unknown-field error echoes the name,
+    # which orjson refuses to encode: the answer falls back to json.dumps, never a 500.
+    raw = b'{"toJid": "bob@example.test", "\\ud800": 1}'
+    async with alice.client.post(alice.presences, data=raw, headers=alice.headers) as resp:
+        assert resp.status == 400
+        assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+        body = await resp.json()
+    assert body == envelope(400, "Bad Request", "unknown field(s): \ud800", 400000)
+    assert await request_rows(db) == []
+
+
 async def test_create_twice_is_a_409_duplicate(alice: Session, bob: Session) -> None:
     await create(alice, bob)
     status, body = await alice.post("", {"toJid": bob.jid})
