@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import itertools
@@ -224,6 +225,13 @@ async def test_a_page_builds_each_user_once_and_every_row_keeps_its_values(
     page, total = await presence_requests.list_for(db.reader, alice.id, "sent", STORED_STATUSES, 10, 0, False)
     assert (page, total) == (made[:2], 2)  # field by field, the users' ids and JIDs included
     assert page[0].from_user is page[1].from_user  # the caller, built once for the page
+    # Built without __init__ (storage/presence_requests.py): the same fields, no more, no
+    # fewer, still hashable and frozen.
+    assert [vars(r) for r in page] == [vars(r) for r in made[:2]]
+    assert [vars(r.to_user) for r in page] == [vars(r.to_user) for r in made[:2]]
+    assert hash(page[0]) == hash(made[0]) and hash(page[0].to_user) == hash(bob)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        page[0].status = RequestStatus.ACCEPTED  # type: ignore[misc]
     (received,), _ = await presence_requests.list_for(db.reader, bob.id, "received", STORED_STATUSES, 10, 0, False)
     assert received == made[0]
     assert await presence_requests.get(db.reader, made[2].id) == made[2]
