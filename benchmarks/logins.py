@@ -48,7 +48,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
-from run import machine_info, profiled  # noqa: E402
+from run import PY_SPY_MISSING, machine_info, profiled, py_spy  # noqa: E402
 from stack import DOMAIN, SECRET, SERVICE_JID, BenchProsody, CpuMeter, ServiceProcess, write_accounts  # noqa: E402
 
 LOGIN = "/api/rainbow/authentication/v1.0/login"
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=0, metavar="N",
                         help="instead: N concurrent wrong logins, and one correct login from another address")
     parser.add_argument("--profile", metavar="DIR", type=Path,
-                        help="py-spy (if in the venv) records the service during its logins/s rounds (skews them)")
+                        help="py-spy records the service during its logins/s rounds (skews them)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, database)")
     args = parser.parse_args(argv)
     if args.logins and args.logins <= FIRST:
@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         auth[key] = config_value(value)
     args.auth = auth
     if args.profile:
+        if py_spy() is None:
+            parser.error(PY_SPY_MISSING)
         args.profile = args.profile.resolve()
         args.profile.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="presence-logins-"))

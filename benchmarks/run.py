@@ -249,12 +249,20 @@ async def list_latencies(base: str, user_id: str, token: str, n: int, warmup: in
 PY_SPY_SAMPLES = ["--idle"]
 
 
+PY_SPY_MISSING = "--profile needs py-spy: .venv/bin/pip install py-spy"
+
+
+def py_spy() -> str | None:
+    """py-spy from the venv, else from PATH; None when neither has it."""
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
 @contextlib.asynccontextmanager
 async def profiled(pid: int, out_dir: Path | None, name: str):
     """With --profile DIR: py-spy records the process `pid` while the block runs (every
     sample, idle ones included; with --profile-gil only those holding the GIL)."""
-    local = Path(sys.executable).parent / "py-spy"
-    exe = str(local) if local.exists() else shutil.which("py-spy")
+    exe = py_spy()
     if out_dir is None or exe is None:
         yield
         return
@@ -1123,6 +1131,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.profile and py_spy() is None:
+        parser.error(PY_SPY_MISSING)  # else the run would say "profiled" and record nothing
     args.only = {name.strip() for name in args.only.split(",") if name.strip()}
     unknown = args.only - FIGURES.keys()
     if unknown or not args.only:
