@@ -76,35 +76,37 @@ async def test_run_sh_with_xmpp_server_ejabberd_runs_the_demo_on_ejabberd(tmp_pa
     `ejabberd` user, which cannot enter pytest's 0700 base folder."""
     top = Path(tempfile.mkdtemp(prefix="e2e-demo-"))
     top.chmod(0o711)
-    demo = top / "demo"
-    env = demo_env(demo) | {"XMPP_SERVER": "ejabberd", "API_PORT": str(free_port()), "DIST_PORT": str(free_port())}
-    for run in (1, 2):
-        proc = await asyncio.create_subprocess_exec(
-            "bash", "scripts/run.sh", cwd=str(REPO), env=env, start_new_session=True,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=open(tmp_path / f"run-{run}.log", "wb"),  # noqa: SIM115 - closed with the process
-        )
-        base = f"http://127.0.0.1:{env['HTTP_PORT']}"
-        try:
-            await wait_for_health(base, lambda s, b: s == 200 and b.get("roster") == "granted", timeout=120)
-            async with aiohttp.ClientSession() as http:
-                basic = base64.b64encode(b"bob@example.test:bob-password").decode()
-                async with http.get(
-                    f"{base}/api/rainbow/authentication/v1.0/login", headers={"Authorization": f"Basic {basic}"}
-                ) as resp:
-                    assert resp.status == 200, await resp.text()
-            assert 'backend = "ejabberd_api"' in (demo / "config.toml").read_text()
-        finally:
-            os.killpg(proc.pid, signal.SIGINT)
+    try:
+        demo = top / "demo"
+        env = demo_env(demo) | {"XMPP_SERVER": "ejabberd", "API_PORT": str(free_port()), "DIST_PORT": str(free_port())}
+        for run in (1, 2):
+            proc = await asyncio.create_subprocess_exec(
+                "bash", "scripts/run.sh", cwd=str(REPO), env=env, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=open(tmp_path / f"run-{run}.log", "wb"),  # noqa: SIM115 - closed with the process
+            )
+            base = f"http://127.0.0.1:{env['HTTP_PORT']}"
             try:
-                await asyncio.wait_for(proc.wait(), 60)
-            except TimeoutError:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-                raise
-        for name in ("C2S_PORT", "COMPONENT_PORT", "HTTP_PORT", "SMTP_PORT", "API_PORT", "DIST_PORT"):
-            assert not listening(int(env[name])), (run, name)
-    shutil.rmtree(top, ignore_errors=True)
+                await wait_for_health(base, lambda s, b: s == 200 and b.get("roster") == "granted", timeout=120)
+                async with aiohttp.ClientSession() as http:
+                    basic = base64.b64encode(b"bob@example.test:bob-password").decode()
+                    async with http.get(
+                        f"{base}/api/rainbow/authentication/v1.0/login", headers={"Authorization": f"Basic {basic}"}
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+                assert 'backend = "ejabberd_api"' in (demo / "config.toml").read_text()
+            finally:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    await asyncio.wait_for(proc.wait(), 60)
+                except TimeoutError:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+                    raise
+            for name in ("C2S_PORT", "COMPONENT_PORT", "HTTP_PORT", "SMTP_PORT", "API_PORT", "DIST_PORT"):
+                assert not listening(int(env[name])), (run, name)
+    finally:  # also when the test fails or is interrupted
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def listening(port: int) -> bool:
