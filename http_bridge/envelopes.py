@@ -30,7 +30,7 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     try:
         body = orjson.dumps(data)
     except TypeError:  # orjson.JSONEncodeError
-        body = json.dumps(data).encode()
+        body = json.dumps(data, separators=(",", ":")).encode()  # compact as orjson's
     return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
 
 
