@@ -56,13 +56,7 @@ async def test_run_sh_brings_the_demo_up_with_private_files_and_stops_everything
                      demo / "presence.sqlite3", demo / "xmpp" / "prosody.cfg.lua"]:
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            raise
+        await ctrl_c(proc, 30)
     # Ctrl-C stopped Prosody, the mailbox and the service: nothing listens any more.
     for name in ("C2S_PORT", "COMPONENT_PORT", "HTTP_PORT", "SMTP_PORT"):
         assert not listening(int(env[name])), name
@@ -96,17 +90,23 @@ async def test_run_sh_with_xmpp_server_ejabberd_runs_the_demo_on_ejabberd(tmp_pa
                         assert resp.status == 200, await resp.text()
                 assert 'backend = "ejabberd_api"' in (demo / "config.toml").read_text()
             finally:
-                os.killpg(proc.pid, signal.SIGINT)
-                try:
-                    await asyncio.wait_for(proc.wait(), 60)
-                except TimeoutError:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    await proc.wait()
-                    raise
+                await ctrl_c(proc, 60)
             for name in ("C2S_PORT", "COMPONENT_PORT", "HTTP_PORT", "SMTP_PORT", "API_PORT", "DIST_PORT"):
                 assert not listening(int(env[name])), (run, name)
     finally:  # also when the test fails or is interrupted
         shutil.rmtree(top, ignore_errors=True)
+
+
+async def ctrl_c(proc: asyncio.subprocess.Process, timeout: float) -> None:
+    """Stop run.sh as Ctrl-C does (SIGINT to its process group); past `timeout` seconds,
+    kill the group and fail."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise
 
 
 def listening(port: int) -> bool:
