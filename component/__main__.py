@@ -24,6 +24,7 @@ import logging.handlers
 import queue
 import signal
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,138 +54,120 @@ log = logging.getLogger("component")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # The thread that writes the log (setup_logging); None before, and after stop_logging().
-_log_listener: logging.handlers.QueueListener | None = None
+_log_writer: _LineWriter | None = None
 
-# How long the writer thread lets records gather once it has written all it had.
+# How long the writer thread lets lines gather once it has written all it had.
 LOG_LINGER_S = 0.02
 
-
-class _LogWriter(logging.handlers.QueueListener):
-    """The writer thread, woken at most once per `LOG_LINGER_S` while records keep coming.
-
-    A thread blocked on the queue is woken by every record put on it, and each wake-up
-    costs the event loop a thread switch and a turn of the GIL: with a line per HTTP
-    request, that was the largest single cost of a REST read (issue #14). So once the
-    queue is empty the thread flushes its handlers (`_Lines` writes what it gathered) and
-    sleeps `LOG_LINGER_S` before it waits again: records put meanwhile are only appended
-    (nobody waits to be woken) and written in one go. A line is written at most that
-    much later; an idle service's thread just waits."""
-
-    def dequeue(self, block: bool) -> logging.LogRecord:
-        try:
-            record = self.queue.get_nowait()
-        except queue.Empty:
-            self._flush()
-            self.linger()
-            record = self.queue.get(block)
-        if record is self._sentinel:  # stop(): what was gathered is written by this thread
-            self._flush()
-        return record
-
-    def _flush(self) -> None:
-        for handler in self.handlers:
-            handler.flush()
-
-    def linger(self) -> None:
-        time.sleep(LOG_LINGER_S)
+# Lines the writer thread writes at most in one write() while lines keep coming.
+LOG_BATCH_LINES = 256
 
 
 class _LineFormat(logging.Formatter):
     """LOG_FORMAT, with each second's date and time made once: the stdlib's formatTime
-    runs localtime() and strftime() for every record (about a fifth of the writer's time
-    per line, issue #14). The same text: `2026-12-03 06:10:08,793`."""
+    runs localtime() and strftime() for every record (about a fifth of the time a line
+    took to format, issue #14). The same text: `2026-12-03 06:10:08,793`. Any thread
+    may format: the second and its text are replaced together."""
 
     def __init__(self) -> None:
         super().__init__(LOG_FORMAT)
-        self._second: int | None = None
-        self._text = ""
+        self._second: tuple[int, str] = (-1, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        second = int(record.created)
-        if second != self._second:
-            self._text = time.strftime(self.default_time_format, self.converter(record.created))
-            self._second = second
-        return self.default_msec_format % (self._text, record.msecs)
-
-
-# Lines `_Lines` gathers at most before it writes them, while records keep coming.
-LOG_BATCH_LINES = 256
-
-
-class _Lines(logging.StreamHandler):
-    """The writer thread's handler: each record formatted into a line, and the lines
-    written in one write() when the queue has run dry (`_LogWriter` flushes then) or
-    every `LOG_BATCH_LINES`. A StreamHandler writes and flushes each line: on a loaded
-    service a write system call per request, and a turn of the GIL around each (issue
-    #14). Order is kept; nothing waits longer than the burst it came in."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self._lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._lines.append(self.format(record))
-        except Exception:  # noqa: BLE001 - as StreamHandler.emit: report, go on
-            self.handleError(record)
-        if len(self._lines) >= LOG_BATCH_LINES:
-            self.flush()
-
-    def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            if not self._lines:
-                return
-            text = "\n".join(self._lines) + "\n"
-            self._lines.clear()
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass  # stderr closed or broken: there is nowhere left to say so
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, text)
+        return self.default_msec_format % (text, record.msecs)
 
 
 class _QueueHandler(logging.handlers.QueueHandler):
-    """The stdlib's QueueHandler, with a cheaper copy of each record.
+    """The root logger's one handler: the record's line (LOG_FORMAT, any traceback
+    appended) is made on the caller's side, with the values at log time (the arguments may
+    change once the caller goes on), and put on the queue for `_LineWriter`.
 
-    It puts a copy on the queue, its message merged (and any traceback appended) on the
-    caller's side: the arguments may change once the caller goes on. The stdlib copies
-    with copy.copy, about a fifth of what logging a line costs the event loop; copying the
-    record's attributes is the same shallow copy (issue #14)."""
+    The line rather than the record, as the QueueHandler documentation suggests for a
+    string: the stdlib copies each record here and formats it again on the writer thread,
+    through a QueueListener and a handler. Made here, a line costs 7-8 us of CPU in all
+    threads, against 10-12 us that way (issue #14); the writer only joins and writes."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # self.format() is the message with any traceback or stack appended (this handler
-        # has no format of its own); a plain record needs only its message.
-        if record.exc_info or record.exc_text or record.stack_info:
-            msg = self.format(record)
-        else:
-            msg = record.getMessage()
-        copied = logging.LogRecord.__new__(logging.LogRecord)
-        copied.__dict__.update(record.__dict__)
-        copied.message = copied.msg = msg
-        copied.args = copied.exc_info = copied.exc_text = copied.stack_info = None
-        return copied
+    def prepare(self, record: logging.LogRecord) -> str:  # type: ignore[override]
+        return self.format(record)
+
+
+class _LineWriter(threading.Thread):
+    """Writes the queued lines to `stream`, several in one write(): a write and a flush
+    per line cost a loaded service a system call and a turn of the GIL per request.
+
+    A thread waiting on the queue is woken by every line put on it, and each wake-up
+    costs the event loop a thread switch and a turn of the GIL. So once it has written
+    what was queued, the thread sleeps `LOG_LINGER_S` before it waits again: lines put
+    meanwhile are only appended (nobody waits to be woken) and written in one go. A line
+    is written at most that much later; an idle service's thread just waits. None on the
+    queue (stop()) ends the thread once what came before it is written."""
+
+    def __init__(self, lines: queue.SimpleQueue[str | None], stream: Any) -> None:
+        super().__init__(name="log writer", daemon=True)
+        self.lines = lines
+        self.stream = stream
+
+    def run(self) -> None:
+        while True:
+            line = self.lines.get()
+            batch: list[str] = []
+            while line is not None:
+                batch.append(line)
+                if len(batch) == LOG_BATCH_LINES:
+                    self._write(batch)
+                    batch = []
+                try:
+                    line = self.lines.get_nowait()
+                except queue.Empty:
+                    break
+            self._write(batch)
+            if line is None:
+                return
+            self.linger()
+
+    def _write(self, batch: list[str]) -> None:
+        if not batch:
+            return
+        try:
+            self.stream.write("\n".join(batch) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed or broken: there is nowhere left to say so
+
+    def linger(self) -> None:
+        time.sleep(LOG_LINGER_S)
+
+    def stop(self) -> None:
+        """Write every line queued so far, then end the thread."""
+        self.lines.put(None)
+        self.join()
 
 
 def setup_logging(level: str) -> None:
-    """One line per record on stderr, written by a thread (`_LogWriter`): the event loop
-    only puts the record on a queue, so a slow or blocked stderr (a pipe nobody reads fast
+    """One line per record on stderr, written by a thread (`_LineWriter`): the event loop
+    only puts the line on a queue, so a slow or blocked stderr (a pipe nobody reads fast
     enough, a terminal) never stalls it. stop_logging() writes what is queued; it runs at
     exit too."""
-    global _log_listener
+    global _log_writer
     stop_logging()
-    writer = _Lines(sys.stderr)
-    writer.setFormatter(_LineFormat())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    handler = _QueueHandler(lines)
+    handler.setFormatter(_LineFormat())
     # LOG_FORMAT names no thread, process or call site: the logging module's documented
     # switches leave those out of every record ("Optimization" in the logging HOWTO; the
     # call site is a frame walk per record).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None  # noqa: SLF001 - the HOWTO's own switch for the call site
     root = logging.getLogger()
-    root.addHandler(_QueueHandler(records))
+    root.addHandler(handler)
     root.setLevel(level.upper())
-    _log_listener = _LogWriter(records, writer)
-    _log_listener.start()
+    _log_writer = _LineWriter(lines, sys.stderr)
+    _log_writer.start()
     atexit.register(stop_logging)
     # slixmpp logs every stanza of the component session at DEBUG: keep it to
     # warnings. (Login checks do not go through slixmpp: component/login.py.)
@@ -193,19 +176,17 @@ def setup_logging(level: str) -> None:
 
 
 def stop_logging() -> None:
-    """Write every record queued so far, stop the writer thread and remove the queue's
+    """Write every line queued so far, stop the writer thread and remove the queue's
     handler from the root logger. Idempotent."""
-    global _log_listener
-    listener, _log_listener = _log_listener, None
-    if listener is None:
+    global _log_writer
+    writer, _log_writer = _log_writer, None
+    if writer is None:
         return
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if isinstance(handler, logging.handlers.QueueHandler) and handler.queue is listener.queue:
+        if isinstance(handler, _QueueHandler) and handler.queue is writer.lines:
             root.removeHandler(handler)
-    listener.stop()  # the sentinel goes after every record already queued
-    for handler in listener.handlers:
-        handler.flush()
+    writer.stop()  # None goes after every line already queued
 
 
 async def delivery_backlog(conn: Conn) -> dict[str, int | None]:

@@ -148,12 +148,42 @@ def test_a_refused_start_writes_its_reason_before_main_returns(root_logger, tmp_
                for m in lines), lines
 
 
-def test_records_queued_while_the_writer_lingers_are_written_without_waking_it() -> None:
-    """The writer thread waits on the queue (and is woken by a record) only when it has
-    lingered and found nothing: a burst is written after one wake-up, not one per record."""
-    from component.__main__ import _LogWriter
+class _Stream:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _held_writer(lines: queue.SimpleQueue, stream: _Stream):
+    """A `_LineWriter` that has written "the first line" and lingers until the returned
+    event is set."""
+    from component.__main__ import _LineWriter
 
     lingering, release = threading.Event(), threading.Event()
+
+    class HeldWriter(_LineWriter):
+        def linger(self) -> None:
+            if not lingering.is_set():
+                lingering.set()
+                release.wait(10)
+
+    lines.put("the first line")
+    writer = HeldWriter(lines, stream)
+    writer.start()
+    assert lingering.wait(10)  # the line is written: the writer lingers, nobody waits on the queue
+    assert stream.writes == ["the first line\n"]
+    return writer, release
+
+
+def test_lines_queued_while_the_writer_lingers_are_written_without_waking_it() -> None:
+    """The writer thread waits on the queue (and is woken by a line) only when it has
+    lingered and found nothing: a burst is written after one wake-up, not one per line."""
 
     class CountingQueue(queue.SimpleQueue):
         waits = 0
@@ -162,73 +192,49 @@ def test_records_queued_while_the_writer_lingers_are_written_without_waking_it()
             type(self).waits += 1
             return super().get(block, timeout)
 
-    class HeldWriter(_LogWriter):
-        def linger(self) -> None:  # the first linger lasts until the test says so
-            if not lingering.is_set():
-                lingering.set()
-                release.wait(10)
-
-    class Collect(logging.Handler):
-        def __init__(self) -> None:
-            super().__init__()
-            self.messages: list[str] = []
-
-        def emit(self, record: logging.LogRecord) -> None:
-            self.messages.append(record.getMessage())
-
-    records, sink = CountingQueue(), Collect()
-    writer = HeldWriter(records, sink)
-    writer.start()
-    assert lingering.wait(10)  # the queue was empty: the writer lingers, nobody waits on it
+    lines, stream = CountingQueue(), _Stream()
+    writer, release = _held_writer(lines, stream)
     for k in range(100):
-        records.put(logging.makeLogRecord({"msg": "line %d", "args": (k,)}))
+        lines.put(f"line {k}")
     release.set()
     writer.stop()
-    assert sink.messages == [f"line {k}" for k in range(100)]
-    # One wait that found the burst, perhaps one for stop()'s sentinel: not one per record.
-    assert CountingQueue.waits <= 2
+    assert "".join(stream.writes).splitlines() == ["the first line"] + [f"line {k}" for k in range(100)]
+    # The first line's wait, one that found the burst, perhaps one for stop()'s None:
+    # not one per line.
+    assert CountingQueue.waits <= 3
 
 
 def test_a_burst_is_written_in_one_write_not_one_per_line() -> None:
-    """The writer's handler gathers the lines of what was queued and writes them when the
-    queue runs dry (or every LOG_BATCH_LINES): a write and a flush per line cost a loaded
-    service a system call and a turn of the GIL per request."""
-    from component.__main__ import LOG_BATCH_LINES, _LineFormat, _Lines, _LogWriter
+    """The writer gathers the queued lines and writes them when the queue runs dry (or
+    every LOG_BATCH_LINES): a write and a flush per line cost a loaded service a system
+    call and a turn of the GIL per request."""
+    from component.__main__ import LOG_BATCH_LINES
 
-    lingering, release = threading.Event(), threading.Event()
-
-    class HeldWriter(_LogWriter):
-        def linger(self) -> None:
-            if not lingering.is_set():
-                lingering.set()
-                release.wait(10)
-
-    class Stream:
-        def __init__(self) -> None:
-            self.writes: list[str] = []
-
-        def write(self, text: str) -> int:
-            self.writes.append(text)
-            return len(text)
-
-        def flush(self) -> None:
-            pass
-
-    stream = Stream()
-    lines = _Lines(stream)
-    lines.setFormatter(_LineFormat())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    writer = HeldWriter(records, lines)
-    writer.start()
-    assert lingering.wait(10)
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    stream = _Stream()
+    writer, release = _held_writer(lines, stream)
     count = LOG_BATCH_LINES + 44
     for k in range(count):
-        records.put(logging.makeLogRecord({"name": "http_bridge", "levelname": "INFO", "msg": f"line {k}"}))
+        lines.put(f"line {k}")
     release.set()
     writer.stop()
-    written = "".join(stream.writes).splitlines()
-    assert [LINE.match(line).group("message") for line in written] == [f"line {k}" for k in range(count)]
-    assert len(stream.writes) == 2  # a full batch, then the rest when the queue ran dry
+    assert "".join(stream.writes).splitlines() == ["the first line"] + [f"line {k}" for k in range(count)]
+    # The first line, then a full batch, then the rest when the queue ran dry.
+    assert [text.count("\n") for text in stream.writes] == [1, LOG_BATCH_LINES, 44]
+
+
+def test_lines_are_made_by_the_caller_with_the_values_at_log_time(root_logger) -> None:
+    """The queue carries each record's finished line, made on the caller's side: no copy
+    of the record, no formatting left for the writer thread."""
+    from component.__main__ import _QueueHandler
+
+    setup_logging("info")
+    handler = next(h for h in root_logger.handlers if isinstance(h, _QueueHandler))
+    record = logging.makeLogRecord({"name": "http_bridge", "levelname": "INFO", "levelno": logging.INFO,
+                                    "msg": "http %s -> %d", "args": ("GET", 200)})
+    line = handler.prepare(record)
+    assert isinstance(line, str) and LINE.match(line).group("name", "message") == ("http_bridge", "http GET -> 200")
+    assert record.args == ("GET", 200)  # the record itself is left as logged
 
 
 def test_the_line_format_is_the_stdlibs_to_the_millisecond() -> None:
