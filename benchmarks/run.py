@@ -634,16 +634,21 @@ async def fig_reads(b: Bench) -> None:
     jobs = read_jobs(b, await make_readers(b, b.service, b.sessions))
     ref = stack.ReferenceProcess(b.workdir, "reference-reads", token_entries(b.sessions, b.rest_only))
     await ref.start()
+    against: ServiceProcess | None = None
     try:
         ref_jobs = read_jobs(b, await make_readers(b, ref, b.sessions, delivered=False))
         sides = {"service": (b.service.base_url, jobs, b.service.pid), "baseline": (b.bare_url, jobs, b.bare_pid),
                  "reference": (ref.base_url, ref_jobs, ref.pid)}
+        if b.args.against:
+            against, against_sessions = await start_against(b)
+            sides["against"] = (against.base_url, read_jobs(b, await make_readers(b, against, against_sessions)),
+                                against.pid)
         for url, side_jobs, _pid in sides.values():
             await reads(b, url, side_jobs)  # warm-up (not counted)
         rates: dict[str, list[float]] = {who: [] for who in sides}
         meters = {who: CpuMeter({who: pid, "load generator": b.loadgen}) for who, (_u, _j, pid) in sides.items()}
         for rep in range(b.reps):
-            for who in b.order(rep, "baseline", "service", "reference"):
+            for who in b.order(rep, "baseline", "service", *(["against"] if against else []), "reference"):
                 url, side_jobs, _pid = sides[who]
                 meters[who].start()
                 # The reference is profiled too: its stacks show what the service does more.
@@ -651,9 +656,12 @@ async def fig_reads(b: Bench) -> None:
                     rates[who].append(await reads(b, url, side_jobs))
                 meters[who].stop()
             say(f"reads round {rep + 1}/{b.reps}: service {rates['service'][-1]:.0f} req/s, bare aiohttp "
-                f"{rates['baseline'][-1]:.0f} req/s, reference {rates['reference'][-1]:.0f} req/s")
+                f"{rates['baseline'][-1]:.0f} req/s, reference {rates['reference'][-1]:.0f} req/s"
+                + (f", --against {rates['against'][-1]:.0f} req/s" if against else ""))
     finally:
         ref.stop()
+        if against is not None:
+            against.stop()
     s, r, ref_rate = med(rates["service"]), med(rates["baseline"]), med(rates["reference"])
     n = b.reps * len(jobs)
     b.rows.append(Row(f"REST reads (get one, list first page), {WORKERS} clients", f"{s:.0f} req/s",
@@ -663,6 +671,30 @@ async def fig_reads(b: Bench) -> None:
     b.rows.append(Row("(info) REST reads vs the reference read handlers", f"{s:.0f} req/s",
                       f"{ref_rate:.0f} req/s reference component", f"{s / ref_rate:.2f}", "-", None,
                       f"reference req/s {fmt_list(rates['reference'])}; reference {meters['reference'].per(n, 'read')}"))
+    if against is not None:
+        a = med(rates["against"])
+        b.rows.append(Row("(info) REST reads vs the --against checkout", f"{s:.0f} req/s",
+                          f"{a:.0f} req/s {b.args.against}", f"{s / a:.2f}", "-", None,
+                          f"service/--against per round {fmt_list([x / y for x, y in zip(rates['service'], rates['against'])], 2)}; "
+                          f"--against req/s {fmt_list(rates['against'])}; "
+                          f"service {meters['service'].per(n, 'read')}; --against {meters['against'].per(n, 'read')}"))
+
+
+async def start_against(b: Bench) -> tuple[ServiceProcess, dict[str, Session]]:
+    """The --against checkout's service: its own database, its own component JID on the
+    same Prosody, the same interpreter; the REST-only users logged in on it."""
+    assert b.http is not None
+    process = ServiceProcess(b.workdir, "service-against", b.workdir / "against.sqlite3", b.prosody,
+                             component_jid=stack.AGAINST_JID, checkout=Path(b.args.against))
+    process.start()
+    try:
+        await process.wait_healthy()
+        sessions = await login_all(b.http, process.base_url, b.rest_only)
+    except BaseException:
+        process.stop()
+        raise
+    say(f"--against service up (pid {process.pid}, http {process.port}, source {b.args.against})")
+    return process, sessions
 
 
 @figure("postgresql", postgres=True)
@@ -1126,6 +1158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-gil", action="store_true",
                         help="with --profile: only the samples holding the GIL (py-spy --gil)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    parser.add_argument("--against", metavar="CHECKOUT",
+                        help="another source tree of the service (say `git worktree add ../before main~1`), run"
+                             " with this interpreter: the reads figure also measures it, in the same rounds, and"
+                             " says how this tree compares (an info row)")
     parser.add_argument("--only", metavar="NAMES", default=",".join(FIGURES),
                         help=f"comma-separated figures to run, in this order: {','.join(FIGURES)} (default: all)")
     args = parser.parse_args(argv)
@@ -1133,6 +1169,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     if args.profile and py_spy() is None:
         parser.error(PY_SPY_MISSING)  # else the run would say "profiled" and record nothing
+    if args.against:
+        if "reads" not in {name.strip() for name in args.only.split(",")}:
+            parser.error("--against measures the other checkout in the reads figure only: add reads to --only")
+        args.against = str(Path(args.against).resolve())
+        if not (Path(args.against) / "component" / "__main__.py").is_file():
+            parser.error(f"--against {args.against}: not a checkout of the service (no component/__main__.py)")
     args.only = {name.strip() for name in args.only.split(",") if name.strip()}
     unknown = args.only - FIGURES.keys()
     if unknown or not args.only:

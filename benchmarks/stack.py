@@ -44,8 +44,11 @@ BASELINE_JID = "baseline.example.test"
 # benchmarks/reference_service.py's JID: the reference minimal component (issue #14).
 REFERENCE_JID = "reference.example.test"
 SECRET = "bench-component-secret"
+# The service of another checkout (run.py --against), measured beside this one's.
+AGAINST_JID = "against.example.test"
 # pg.example.test: the service on PostgreSQL, measured beside the SQLite one (figure 1b).
-EXTRA_COMPONENTS = (BASELINE_JID, REFERENCE_JID, "store-small.example.test", "store-large.example.test", "pg.example.test")
+EXTRA_COMPONENTS = (BASELINE_JID, REFERENCE_JID, "store-small.example.test", "store-large.example.test",
+                    "pg.example.test", AGAINST_JID)
 
 PROCS: list[subprocess.Popen] = []
 
@@ -83,11 +86,11 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=5)
 
 
-def spawn(argv: list[str], log_path: Path, stdin_pipe: bool = False) -> subprocess.Popen:
+def spawn(argv: list[str], log_path: Path, stdin_pipe: bool = False, cwd: Path = ROOT) -> subprocess.Popen:
     log = open(log_path, "ab")
     proc = subprocess.Popen(
         argv,
-        cwd=str(ROOT),
+        cwd=str(cwd),
         stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
         stdout=subprocess.PIPE if stdin_pipe else log,
         stderr=log,
@@ -237,12 +240,15 @@ class ServiceProcess:
     def __init__(self, workdir: Path, name: str, db_path: Path, server: LocalProsody,
                  component_jid: str = SERVICE_JID, admin_token: str = "bench-admin",
                  auth: dict[str, Any] | None = None, storage_url: str | None = None,
-                 component_port: int | None = None) -> None:
+                 component_port: int | None = None, checkout: Path = ROOT) -> None:
         """`auth` adds [auth] keys (numbers, booleans, strings) to the service's config;
         `storage_url` (postgresql://) stores in PostgreSQL instead of the file `db_path`;
         `component_port` replaces Prosody's component port (a closed port: no XMPP
-        session, nothing delivered, while REST and logins over c2s still work)."""
+        session, nothing delivered, while REST and logins over c2s still work);
+        `checkout` is the source tree whose service runs (another one: run.py --against),
+        with this interpreter and its packages."""
         self.workdir = workdir
+        self.checkout = checkout
         self.name = name
         # Where wait_outbox_empty() looks: the SQLite file, or the PostgreSQL URL.
         self.db_path: Path | str = storage_url or db_path
@@ -276,7 +282,8 @@ class ServiceProcess:
         return self.proc.pid
 
     def start(self) -> None:
-        self.proc = spawn([sys.executable, "-m", "component", "--config", str(self.config_path)], self.log_path)
+        self.proc = spawn([sys.executable, "-m", "component", "--config", str(self.config_path)], self.log_path,
+                          cwd=self.checkout)
 
     async def wait_healthy(self, timeout: float = 60, want: dict[str, str] | None = None) -> None:
         """Until /healthz answers 200 with `want` (default: connected, storage ok, roster granted)."""

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgresql]  # the postgresql figure 
 
 def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"],
+        # --against this very checkout: the side-by-side service runs too (ratio about 1).
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--against", str(ROOT)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -42,8 +43,23 @@ def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
         "(info) REST reads vs the reference read handlers",
         "(info) reference component CPU per accept, 1000-item rosters",
         "(info) XML parse of one 1000-item roster answer, as the service parses it",
+        "(info) REST reads vs the --against checkout",
     ):
         assert figure in result.stdout, output[-4000:]
+    assert "--against service up" in output, output[-4000:]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--against", "/"], "not a checkout of the service"),
+    (["--against", str(ROOT), "--only", "cycles"], "add reads to --only"),
+])
+def test_benchmark_refuses_an_against_it_cannot_use_before_starting_anything(argv, says, tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), *argv],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and says in result.stderr, result.stderr[-2000:]
+    assert "work folder" not in result.stdout + result.stderr  # refused before any setup
 
 
 def test_login_benchmark_tiny_run_completes_and_prints_both_figures() -> None:
