@@ -41,7 +41,8 @@ def logged_path(request: web.Request) -> str:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Request id (X-Request-Id, taken from the caller when sane) and one log line per request."""
+    """Request id (X-Request-Id, taken from the caller when sane) and one log line per
+    request, made here and handed to `Services.request_log`."""
     given = request.headers.get("X-Request-Id", "")
     request_id = given if _REQUEST_ID.fullmatch(given) else new_request_id()
     request[REQUEST_ID] = request_id
@@ -55,10 +56,10 @@ async def request_context(request: web.Request, handler: Callable[[web.Request],
         if response is not None:
             response.headers["X-Request-Id"] = request_id
         metrics.count_request(request.app, request.path, status)
-        log.info(
-            "http %s %s -> %d in %.1f ms request_id=%s user=%s",
-            untrusted(request.method), logged_path(request), status,
-            (time.perf_counter() - started) * 1000, request_id, untrusted(request.get(USER_JID, "-")),
+        request.app[SERVICES].request_log(
+            f"http {untrusted(request.method)} {logged_path(request)} -> {status}"
+            f" in {(time.perf_counter() - started) * 1000:.1f} ms request_id={request_id}"
+            f" user={untrusted(request.get(USER_JID, '-'))}"
         )
 
 

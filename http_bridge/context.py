@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,12 @@ async def _no_metrics() -> dict[str, Any]:
     return {}
 
 
+def log_request_line(line: str) -> None:
+    """The request line through the logging module, logger `http_bridge` at INFO (the
+    default `Services.request_log`; the service's own writes it faster, component/__main__.py)."""
+    logging.getLogger("http_bridge").info("%s", line)
+
+
 @dataclass(frozen=True)
 class Services:
     identity: Identity
@@ -35,6 +42,8 @@ class Services:
     component_jid: str = ""
     device_sharing: DeviceSharing | None = None
     metrics: MetricsReading = _no_metrics
+    # Where the request middleware puts its one line per request (http_bridge/app.py).
+    request_log: Callable[[str], None] = log_request_line
 
 
 SERVICES = web.AppKey("services", Services)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import shutil
 import signal
 import socket
@@ -60,6 +61,11 @@ async def test_run_sh_brings_the_demo_up_with_private_files_and_stops_everything
     # Ctrl-C stopped Prosody, the mailbox and the service: nothing listens any more.
     for name in ("C2S_PORT", "COMPONENT_PORT", "HTTP_PORT", "SMTP_PORT"):
         assert not listening(int(env[name])), name
+    # The service's one line per request, as an operator reads it on the terminal.
+    log = (tmp_path / "run.log").read_text(errors="replace")
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO http_bridge: http GET "
+                     r"/api/rainbow/authentication/v1\.0/login -> 200 in [\d.]+ ms request_id=[0-9a-f]{32} user=\S+$",
+                     log, re.MULTILINE), log[-3000:]
 
 
 async def test_run_sh_with_xmpp_server_ejabberd_runs_the_demo_on_ejabberd(tmp_path: Path) -> None:

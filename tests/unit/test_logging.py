@@ -246,3 +246,39 @@ def test_the_line_format_is_the_stdlibs_to_the_millisecond() -> None:
         record = logging.makeLogRecord({"name": "component", "levelname": "INFO", "msg": "m"})
         record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
         assert ours.format(record) == stdlib.format(record)
+
+
+def test_the_request_line_is_written_as_a_record_of_http_bridge_at_info_would_be(root_logger, capsys) -> None:
+    """write_request_line (the service's Services.request_log) skips the logging module's
+    record and handlers: its line must still be the one LOG_FORMAT makes, in order with
+    the other lines, and follow the configured level."""
+    from component.__main__ import write_request_line
+
+    setup_logging("info")
+    logging.getLogger("component").info("before")
+    write_request_line("http GET /healthz -> 200 in 0.3 ms request_id=r1 user=-")
+    logging.getLogger("component").info("after")
+    stop_logging()
+    lines = capsys.readouterr().err.splitlines()
+    # LINE is LOG_FORMAT's shape; the date and time are tested against the stdlib's below.
+    assert [LINE.match(line).group("level", "name", "message") for line in lines] == [
+        ("INFO", "component", "before"),
+        ("INFO", "http_bridge", "http GET /healthz -> 200 in 0.3 ms request_id=r1 user=-"),
+        ("INFO", "component", "after"),
+    ]
+
+    setup_logging("warning")
+    write_request_line("http GET /healthz -> 200 in 0.3 ms request_id=r2 user=-")
+    logging.getLogger("component").warning("a warning")
+    stop_logging()
+    assert [LINE.match(line).group("message") for line in capsys.readouterr().err.splitlines()] == ["a warning"]
+
+
+def test_without_the_writer_the_request_line_goes_through_the_logging_module(caplog) -> None:
+    from component.__main__ import write_request_line
+
+    stop_logging()
+    with caplog.at_level(logging.INFO, logger="http_bridge"):
+        write_request_line("http GET /metrics -> 200 in 1.0 ms request_id=r3 user=-")
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("http_bridge", "INFO", "http GET /metrics -> 200 in 1.0 ms request_id=r3 user=-")]
