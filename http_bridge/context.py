@@ -24,10 +24,13 @@ async def _no_metrics() -> dict[str, Any]:
     return {}
 
 
+_REQUEST_LOG = logging.getLogger("http_bridge")
+
+
 def log_request_line(line: str) -> None:
     """The request line through the logging module, logger `http_bridge` at INFO (the
     default `Services.request_log`; the service's own writes it faster, component/__main__.py)."""
-    logging.getLogger("http_bridge").info("%s", line)
+    _REQUEST_LOG.info("%s", line)
 
 
 @dataclass(frozen=True)
