@@ -1169,17 +1169,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     if args.profile and py_spy() is None:
         parser.error(PY_SPY_MISSING)  # else the run would say "profiled" and record nothing
-    if args.against:
-        if "reads" not in {name.strip() for name in args.only.split(",")}:
-            parser.error("--against measures the other checkout in the reads figure only: add reads to --only")
-        args.against = str(Path(args.against).resolve())
-        if not (Path(args.against) / "component" / "__main__.py").is_file():
-            parser.error(f"--against {args.against}: not a checkout of the service (no component/__main__.py)")
     args.only = {name.strip() for name in args.only.split(",") if name.strip()}
     unknown = args.only - FIGURES.keys()
     if unknown or not args.only:
         parser.error(f"--only: unknown figure(s) {', '.join(sorted(unknown)) or '(none given)'}; "
                      f"known: {', '.join(FIGURES)}")
+    if args.against:
+        if "reads" not in args.only:
+            parser.error("--against measures the other checkout in the reads figure only: add reads to --only")
+        args.against = str(Path(args.against).resolve())
+        if not (Path(args.against) / "component" / "__main__.py").is_file():
+            parser.error(f"--against {args.against}: not a checkout of the service (no component/__main__.py)")
 
     def on_term(_signum, _frame):  # outside the event loop (setup); inside it, bench() handles signals
         raise KeyboardInterrupt

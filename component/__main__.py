@@ -41,7 +41,7 @@ from component.rosters import Rosters
 from component.subscriptions import PresenceStates
 from component.xmpp import PresenceComponent
 from http_bridge import HttpListener, Services, build_app
-from http_bridge.context import log_request_line
+from http_bridge.context import REQUEST_LOGGER, log_request_line
 from storage import Conn, SchemaTooNew, database_for, dead_letters, is_postgres_url, outbox
 from storage import mail as mail_outbox
 from storage.instance_lock import DatabaseInUse, InstanceLock
@@ -158,9 +158,6 @@ class _LineWriter(threading.Thread):
         self.join()
 
 
-_REQUEST_LOGGER = logging.getLogger("http_bridge")
-
-
 def write_request_line(line: str) -> None:
     """The service's `Services.request_log`: the request line put on the writer's queue
     as the logging module would write it (LOG_FORMAT, logger `http_bridge`, INFO; not at
@@ -171,8 +168,8 @@ def write_request_line(line: str) -> None:
     writer = _log_writer
     if writer is None:
         log_request_line(line)
-    elif _REQUEST_LOGGER.isEnabledFor(logging.INFO):
-        writer.lines.put(f"{_LINE_FORMAT.stamp(time.time())} INFO {_REQUEST_LOGGER.name}: {line}")
+    elif REQUEST_LOGGER.isEnabledFor(logging.INFO):
+        writer.lines.put(f"{_LINE_FORMAT.stamp(time.time())} INFO {REQUEST_LOGGER.name}: {line}")
 
 
 def setup_logging(level: str) -> None:

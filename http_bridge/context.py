@@ -24,13 +24,14 @@ async def _no_metrics() -> dict[str, Any]:
     return {}
 
 
-_REQUEST_LOG = logging.getLogger("http_bridge")
+# The request line's logger (component/__main__.write_request_line writes as it).
+REQUEST_LOGGER = logging.getLogger("http_bridge")
 
 
 def log_request_line(line: str) -> None:
     """The request line through the logging module, logger `http_bridge` at INFO (the
     default `Services.request_log`; the service's own writes it faster, component/__main__.py)."""
-    _REQUEST_LOG.info("%s", line)
+    REQUEST_LOGGER.info("%s", line)
 
 
 @dataclass(frozen=True)
