@@ -7,6 +7,7 @@ lost message, a dead process).
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +19,28 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.postgresql]  # the postgresql figure runs on PostgreSQL
 
 
+def run_tool(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark script, its output captured. Past `timeout` it is stopped as Ctrl-C
+    stops it, so that it stops every process it started (a SIGKILL, subprocess.run's way,
+    would leave its Prosody and services running), and the test fails with its output."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate(timeout=10)
+        pytest.fail(f"{Path(argv[1]).name} did not end within {timeout:.0f} s:\n{(out + err)[-4000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
-    result = subprocess.run(
-        # --against this very checkout: the side-by-side service runs too (ratio about 1).
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--against", str(ROOT)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # --against this very checkout: the side-by-side service runs too (ratio about 1).
+    result = run_tool([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--against", str(ROOT)],
+                      ROOT, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     for figure in (
@@ -54,23 +68,14 @@ def test_benchmark_quick_run_completes_and_prints_every_figure() -> None:
     (["--against", str(ROOT), "--only", "cycles"], "add reads to --only"),
 ])
 def test_benchmark_refuses_an_against_it_cannot_use_before_starting_anything(argv, says, tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), *argv],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )
+    result = run_tool([sys.executable, str(ROOT / "benchmarks" / "run.py"), *argv], tmp_path, timeout=60)
     assert result.returncode == 2 and says in result.stderr, result.stderr[-2000:]
     assert "work folder" not in result.stdout + result.stderr  # refused before any setup
 
 
 def test_login_benchmark_tiny_run_completes_and_prints_both_figures() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "logins.py"), "--rounds", "1", "--rate-logins", "20",
-         "--logins", "150", "--users", "10"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_tool([sys.executable, str(ROOT / "benchmarks" / "logins.py"), "--rounds", "1", "--rate-logins",
+                       "20", "--logins", "150", "--users", "10"], ROOT, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     for line in ("logins/s, 32 concurrent, valid passwords", "ratio service/baseline (medians)",
