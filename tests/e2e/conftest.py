@@ -45,6 +45,7 @@ import asyncio
 import base64
 import email
 import email.policy
+import io
 import json
 import re
 import shutil
@@ -370,7 +371,29 @@ async def make_service(tmp_path: Path, xmpp_users) -> AsyncIterator[ServiceFacto
 
     yield make
     for service in reversed(started):
-        await service.stop()
+        await stop_service(service)
+
+
+# Service.stop()'s parts are bounded (the stream's close 2 s, then abort; aiohttp's shutdown
+# 60 s per connection): past this, it is stuck.
+STOP_TIMEOUT = 90.0
+
+
+async def stop_service(service: Service) -> None:
+    """`service.stop()`, failing with the stack of every task still pending when it does not
+    end within STOP_TIMEOUT (pytest-timeout, later, would show only the idle event loop)."""
+    stopping = asyncio.ensure_future(service.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=STOP_TIMEOUT)
+    if done:
+        stopping.result()
+        return
+    report = io.StringIO()
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            print(task, file=report)
+            task.print_stack(file=report)
+    stopping.cancel()
+    pytest.fail(f"Service.stop() did not end within {STOP_TIMEOUT:.0f} s; the pending tasks:\n{report.getvalue()}")
 
 
 @pytest.fixture

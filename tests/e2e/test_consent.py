@@ -41,6 +41,7 @@ from tests.e2e.conftest import (
     jid,
     management,
     service_config,
+    stop_service,
     toml_text,
     wait_for_health,
     wait_until,
@@ -492,7 +493,7 @@ async def test_roster_changes_wait_for_the_privilege_and_resync_rederives_them(
         ]
         assert await alice.roster() == {} and await bob.roster() == {}
     finally:
-        await service.stop()
+        await stop_service(service)
 
     def roster_rows() -> list[str]:
         with sqlite3.connect(db_path) as conn:
@@ -526,7 +527,7 @@ async def test_roster_changes_wait_for_the_privilege_and_resync_rederives_them(
         await wait_until(lambda: _holds(bob, alice.jid, "from"))
         await wait_until(lambda: _outbox_empty(db_path))
     finally:
-        await service.stop()
+        await stop_service(service)
 
 
 async def _holds(user: XmppUser, contact: str, subscription: str) -> bool:
