@@ -39,6 +39,7 @@ from component.model import parse_bare_jid
 from component.provisioning import Provisioning
 from component.rosters import Rosters
 from component.subscriptions import PresenceStates
+from component.worker import stop_task
 from component.xmpp import PresenceComponent
 from http_bridge import HttpListener, Services, build_app
 from http_bridge.context import REQUEST_LOGGER, log_request_line
@@ -427,12 +428,8 @@ class Service:
         await self._http.stop()
         await self.dispatcher.stop()
         await self.mail.stop()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
+        sweeper, self._sweeper = self._sweeper, None
+        await stop_task(sweeper)
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None

@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from component.worker import stop_task
+
 log = logging.getLogger(__name__)
 
 
@@ -75,9 +77,8 @@ class Leadership:
         announced = False
         while True:
             try:
-                got = await asyncio.wait_for(
-                    conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key), 10
-                )
+                async with asyncio.timeout(10):
+                    got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 conn.terminate()
                 conn = self._conn = await self._connect()
@@ -102,7 +103,8 @@ class Leadership:
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), max(5.0, 5 * self.poll_s))
+                async with asyncio.timeout(max(5.0, 5 * self.poll_s)):
+                    await conn.fetchval("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: the lock may be gone
@@ -117,17 +119,13 @@ class Leadership:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:
                 # Closing the connection releases the lock: a standby takes over at once.
-                await asyncio.wait_for(conn.close(), 5)
+                async with asyncio.timeout(5):
+                    await conn.close()
             except Exception:  # noqa: BLE001 - terminate releases it as well
                 conn.terminate()
         self.leader = False

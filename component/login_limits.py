@@ -132,7 +132,8 @@ class LoginLimiter:
                 decided.settled = loop.create_future()
             decided.waiting += 1
             try:
-                await asyncio.wait_for(asyncio.shield(decided.settled), left)
+                async with asyncio.timeout(left):
+                    await asyncio.shield(decided.settled)
             except TimeoutError:
                 pass
             finally:

@@ -48,7 +48,8 @@ class MailDispatcher(Worker):
             timeout = None if next_at is None else max(0.0, (next_at - self.clock.now_ms()) / 1000)
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

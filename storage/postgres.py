@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from component.worker import stop_task
 from storage import dialect
 from storage.batches import Batches, Job
 from storage.db import SchemaTooNew
@@ -304,7 +305,8 @@ class PostgresDatabase:
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
-                await asyncio.wait_for(pool.close(), 10)
+                async with asyncio.timeout(10):
+                    await pool.close()
             except (TimeoutError, Exception):  # noqa: BLE001 - closing: nothing left to tell
                 pool.terminate()
 
@@ -455,7 +457,8 @@ class _Writer:
             conn, self._conn = self._conn, None
             if conn is not None:
                 try:
-                    await asyncio.wait_for(conn.close(), 10)
+                    async with asyncio.timeout(10):
+                        await conn.close()
                 except (TimeoutError, Exception):  # noqa: BLE001 - closing: nothing left to tell
                     conn.terminate()
 
@@ -566,7 +569,8 @@ class Listener:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="storage-listener")
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready.wait()), 10)
+            async with asyncio.timeout(10):
+                await asyncio.shield(self._ready.wait())
         except TimeoutError:
             log.warning("storage: LISTEN not set up yet; the periodic poll covers meanwhile")
 
@@ -590,10 +594,12 @@ class Listener:
                     self.on_notify(channel)
                 while not lost.is_set():
                     try:
-                        await asyncio.wait_for(lost.wait(), 5)
+                        async with asyncio.timeout(5):
+                            await lost.wait()
                     except TimeoutError:
                         # A half-open TCP connection tells nothing: ask.
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
+                        async with asyncio.timeout(5):
+                            await conn.fetchval("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database is away: try again
@@ -607,12 +613,7 @@ class Listener:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.I)

@@ -246,7 +246,8 @@ class Session(ComponentXMPP):
         self.session_up = True
         self._backoff = self.config.reconnect_min_s
         try:
-            await asyncio.wait_for(self._privileges_complete.wait(), self.config.privilege_wait_s)
+            async with asyncio.timeout(self.config.privilege_wait_s):
+                await self._privileges_complete.wait()
         except TimeoutError:
             pass
         if not self.session_up:

@@ -11,6 +11,7 @@ import pytest
 from component.clock import FixedClock
 from component.delivery import OutboxDispatcher, RosterFailed, RosterRefused, TransportGone
 from component.rosters import RosterItem
+from component.worker import stop_task
 from storage import Conn, Database, dead_letters, outbox
 from storage import rosters as records
 from storage.outbox import OutboxRow
@@ -303,6 +304,46 @@ async def test_wake_runs_the_dispatcher_task(db: Database, stored: list[OutboxRo
         await dispatcher.stop()
     assert await outbox.count(db.reader) == 0
 
+
+
+@pytest.mark.parametrize("turns", range(4))
+async def test_a_stop_right_after_a_wake_up_ends_the_dispatcher(db: Database, turns: int) -> None:
+    """A service's stop hung for good in CI: on Python 3.11 `asyncio.wait_for` drops a
+    cancellation that arrives within a few turns of the loop after the awaited event
+    is set, so the dispatcher went back to waiting and `stop()` waited for it."""
+    transport = FakeTransport(db)
+    transport.ready = False  # each wake-up only loops back to waiting
+    dispatcher = OutboxDispatcher(db, transport)
+    dispatcher.start()
+    await asyncio.sleep(0)  # the dispatcher is waiting for a wake-up
+    dispatcher.wake()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await dispatcher.stop()
+
+
+
+async def test_a_stop_that_times_out_is_not_dropped() -> None:
+    """`stop_task` drops the stopped task's own cancellation, not its caller's: a
+    timeout around a stop that does not end still fires."""
+    released = asyncio.Event()
+
+    async def stubborn() -> None:  # ignores cancellation until released
+        while not released.is_set():
+            try:
+                await released.wait()
+            except asyncio.CancelledError:
+                pass
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await stop_task(task)
+    assert not task.done()
+    released.set()
+    await task
 
 # ---- roster merge: the user's item is read first, only one direction changes ------------
 

@@ -200,6 +200,26 @@ async def test_the_running_dispatcher_sends_when_woken(
     assert await mail_rows(db) == []
 
 
+
+@pytest.mark.parametrize("turns", range(4))
+async def test_a_stop_right_after_a_wake_up_ends_the_dispatcher(
+    device_sharing: DeviceSharing, home: Home, db: Database, clock: FixedClock, turns: int
+) -> None:
+    """As the outbox dispatcher's: a stop that meets a wake-up is not dropped while the
+    dispatcher waits for a retry that is due later."""
+    await email_share(device_sharing, home)
+    dispatcher = MailDispatcher(db, clock, smtp(free_port()))  # nothing listens there
+    dispatcher.start()
+    async with asyncio.timeout(5):
+        while (await mail_rows(db))[0][1] == 0:  # the first attempt failed: retry in 30 s
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # past its read of the next due time: waiting
+    dispatcher.wake()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await dispatcher.stop()
+
 async def test_a_device_name_with_a_line_break_is_one_line_in_the_subject(
     device_sharing: DeviceSharing, home: Home, db: Database, clock: FixedClock,
     provisioning, smtp_server: tuple[Inbox, int],
