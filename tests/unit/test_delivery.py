@@ -11,7 +11,6 @@ import pytest
 from component.clock import FixedClock
 from component.delivery import OutboxDispatcher, RosterFailed, RosterRefused, TransportGone
 from component.rosters import RosterItem
-from component.worker import stop_task
 from storage import Conn, Database, dead_letters, outbox
 from storage import rosters as records
 from storage.outbox import OutboxRow
@@ -323,27 +322,6 @@ async def test_a_stop_right_after_a_wake_up_ends_the_dispatcher(db: Database, tu
         await dispatcher.stop()
 
 
-
-async def test_a_stop_that_times_out_is_not_dropped() -> None:
-    """`stop_task` drops the stopped task's own cancellation, not its caller's: a
-    timeout around a stop that does not end still fires."""
-    released = asyncio.Event()
-
-    async def stubborn() -> None:  # ignores cancellation until released
-        while not released.is_set():
-            try:
-                await released.wait()
-            except asyncio.CancelledError:
-                pass
-
-    task = asyncio.create_task(stubborn())
-    await asyncio.sleep(0)
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.1):
-            await stop_task(task)
-    assert not task.done()
-    released.set()
-    await task
 
 # ---- roster merge: the user's item is read first, only one direction changes ------------
 
