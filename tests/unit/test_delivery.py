@@ -304,7 +304,6 @@ async def test_wake_runs_the_dispatcher_task(db: Database, stored: list[OutboxRo
     assert await outbox.count(db.reader) == 0
 
 
-
 @pytest.mark.parametrize("turns", range(4))
 async def test_a_stop_right_after_a_wake_up_ends_the_dispatcher(db: Database, turns: int) -> None:
     """A service's stop hung for good in CI: on Python 3.11 `asyncio.wait_for` drops a
@@ -320,7 +319,6 @@ async def test_a_stop_right_after_a_wake_up_ends_the_dispatcher(db: Database, tu
         await asyncio.sleep(0)
     async with asyncio.timeout(5):
         await dispatcher.stop()
-
 
 
 # ---- roster merge: the user's item is read first, only one direction changes ------------

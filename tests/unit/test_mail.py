@@ -200,7 +200,6 @@ async def test_the_running_dispatcher_sends_when_woken(
     assert await mail_rows(db) == []
 
 
-
 @pytest.mark.parametrize("turns", range(4))
 async def test_a_stop_right_after_a_wake_up_ends_the_dispatcher(
     device_sharing: DeviceSharing, home: Home, db: Database, clock: FixedClock, turns: int
@@ -219,6 +218,7 @@ async def test_a_stop_right_after_a_wake_up_ends_the_dispatcher(
         await asyncio.sleep(0)
     async with asyncio.timeout(5):
         await dispatcher.stop()
+
 
 async def test_a_device_name_with_a_line_break_is_one_line_in_the_subject(
     device_sharing: DeviceSharing, home: Home, db: Database, clock: FixedClock,
