@@ -43,7 +43,7 @@ async def test_run_sh_brings_the_demo_up_with_private_files_and_stops_everything
     )
     base = f"http://127.0.0.1:{env['HTTP_PORT']}"
     try:
-        await wait_for_health(base, lambda s, b: s == 200 and b.get("roster") == "granted", timeout=120)
+        await wait_until_granted(base, tmp_path / "run.log", demo / "xmpp" / "prosody.log")
         async with aiohttp.ClientSession() as http:
             basic = base64.b64encode(b"alice@example.test:alice-password").decode()
             async with http.get(
@@ -87,7 +87,10 @@ async def test_run_sh_with_xmpp_server_ejabberd_runs_the_demo_on_ejabberd(tmp_pa
             )
             base = f"http://127.0.0.1:{env['HTTP_PORT']}"
             try:
-                await wait_for_health(base, lambda s, b: s == 200 and b.get("roster") == "granted", timeout=120)
+                await wait_until_granted(
+                    base, tmp_path / f"run-{run}.log", demo / "ejabberd" / "logs" / "ejabberd.log",
+                    demo / "ejabberd" / "logs" / "error.log",
+                )
                 async with aiohttp.ClientSession() as http:
                     basic = base64.b64encode(b"bob@example.test:bob-password").decode()
                     async with http.get(
@@ -101,6 +104,22 @@ async def test_run_sh_with_xmpp_server_ejabberd_runs_the_demo_on_ejabberd(tmp_pa
                 assert not listening(int(env[name])), (run, name)
     finally:  # also when the test fails or is interrupted
         shutil.rmtree(top, ignore_errors=True)
+
+
+async def wait_until_granted(base: str, *logs: Path) -> None:
+    """/healthz says the session is up and rosters can be changed; otherwise fail with the
+    end of each log (run.sh's and the XMPP server's), which is all a CI run keeps."""
+    try:
+        await wait_for_health(base, lambda s, b: s == 200 and b.get("roster") == "granted", timeout=120)
+    except AssertionError as exc:
+        tails = []
+        for path in logs:
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError as error:
+                lines = [f"(unreadable: {error})"]
+            tails.append(f"--- {path.name} (last 40 lines) ---\n" + "\n".join(lines[-40:]))
+        raise AssertionError("\n".join([str(exc), *tails])) from None
 
 
 async def ctrl_c(proc: asyncio.subprocess.Process, timeout: float) -> None:
