@@ -97,12 +97,23 @@ class EjabberdApiRosters:
 
     async def check(self) -> bool:
         """Read an (empty) roster on each served domain: GRANTED when every call works,
-        else UNAVAILABLE (logged once per change, with the fix) and asked again later."""
+        else UNAVAILABLE (logged once per change, with the reason and the fix) and asked
+        again every RECHECK_S while the session is up."""
         try:
             for domain in sorted(self.served_domains):
                 await self._call("get_roster", {"user": CHECK_USER, "server": domain})
-        except (RosterRefused, RosterFailed):
-            self._schedule_recheck()
+        except RosterRefused:
+            return False  # withdrawn, logged and rechecked by _call
+        except RosterFailed as exc:
+            # Any other answer to the check (a 400 or 500) is a failure of the API as the
+            # service uses it, not of one change: said and retried the same way.
+            self._withdraw(f"the check's {exc}")
+            return False
+        except Exception:
+            # Not an answer the API gives: logged with its traceback, and retried so
+            # that rosters do not stay unavailable until the next reconnect.
+            log.exception("roster: checking ejabberd's API at %s failed", self.url)
+            self._withdraw("an unexpected error in the check, logged above")
             return False
         self._grant()
         return True
@@ -140,15 +151,7 @@ class EjabberdApiRosters:
             await asyncio.sleep(RECHECK_S)
             if not self._session_up:
                 return
-            try:
-                for domain in sorted(self.served_domains):
-                    await self._call("get_roster", {"user": CHECK_USER, "server": domain})
-            except (RosterRefused, RosterFailed):
-                continue
-            except Exception:
-                log.exception("roster: checking ejabberd's API failed")
-                continue
-            self._grant()
+            await self.check()
 
     # ---- RosterBackend ----------------------------------------------------------------
 
