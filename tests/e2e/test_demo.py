@@ -36,20 +36,11 @@ def demo_env(demo: Path) -> dict[str, str]:
 async def test_run_sh_brings_the_demo_up_with_private_files_and_stops_everything(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     env = demo_env(demo)
-    proc = await asyncio.create_subprocess_exec(
-        "bash", "scripts/run.sh", cwd=str(REPO), env=env, start_new_session=True,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=open(tmp_path / "run.log", "wb"),  # noqa: SIM115 - closed with the process
-    )
+    proc = await start_demo(env, tmp_path / "run.log")
     base = f"http://127.0.0.1:{env['HTTP_PORT']}"
     try:
         await wait_until_granted(base, tmp_path / "run.log", demo / "xmpp" / "prosody.log")
-        async with aiohttp.ClientSession() as http:
-            basic = base64.b64encode(b"alice@example.test:alice-password").decode()
-            async with http.get(
-                f"{base}/api/rainbow/authentication/v1.0/login", headers={"Authorization": f"Basic {basic}"}
-            ) as resp:
-                assert resp.status == 200, await resp.text()
+        await log_in(base, "alice")
         # Secrets, configs, the database and Prosody's data are for their owner only.
         for path in [demo, demo / "xmpp", demo / "xmpp" / "data", demo / "mailbox"]:
             assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
@@ -80,23 +71,14 @@ async def test_run_sh_with_xmpp_server_ejabberd_runs_the_demo_on_ejabberd(tmp_pa
         demo = top / "demo"
         env = demo_env(demo) | {"XMPP_SERVER": "ejabberd", "API_PORT": str(free_port()), "DIST_PORT": str(free_port())}
         for run in (1, 2):
-            proc = await asyncio.create_subprocess_exec(
-                "bash", "scripts/run.sh", cwd=str(REPO), env=env, start_new_session=True,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=open(tmp_path / f"run-{run}.log", "wb"),  # noqa: SIM115 - closed with the process
-            )
+            proc = await start_demo(env, tmp_path / f"run-{run}.log")
             base = f"http://127.0.0.1:{env['HTTP_PORT']}"
             try:
                 await wait_until_granted(
                     base, tmp_path / f"run-{run}.log", demo / "ejabberd" / "logs" / "ejabberd.log",
                     demo / "ejabberd" / "logs" / "error.log",
                 )
-                async with aiohttp.ClientSession() as http:
-                    basic = base64.b64encode(b"bob@example.test:bob-password").decode()
-                    async with http.get(
-                        f"{base}/api/rainbow/authentication/v1.0/login", headers={"Authorization": f"Basic {basic}"}
-                    ) as resp:
-                        assert resp.status == 200, await resp.text()
+                await log_in(base, "bob")
                 assert 'backend = "ejabberd_api"' in (demo / "config.toml").read_text()
             finally:
                 await ctrl_c(proc, 60)
@@ -104,6 +86,25 @@ async def test_run_sh_with_xmpp_server_ejabberd_runs_the_demo_on_ejabberd(tmp_pa
                 assert not listening(int(env[name])), (run, name)
     finally:  # also when the test fails or is interrupted
         shutil.rmtree(top, ignore_errors=True)
+
+
+async def start_demo(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    """`bash scripts/run.sh` in its own process group (ctrl_c stops it), stderr to `log`."""
+    with open(log, "wb") as stderr:  # the child keeps its own copy
+        return await asyncio.create_subprocess_exec(
+            "bash", "scripts/run.sh", cwd=str(REPO), env=env, start_new_session=True,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+        )
+
+
+async def log_in(base: str, user: str) -> None:
+    """The README's first curl: a demo user's password login answers 200."""
+    async with aiohttp.ClientSession() as http:
+        basic = base64.b64encode(f"{user}@example.test:{user}-password".encode()).decode()
+        async with http.get(
+            f"{base}/api/rainbow/authentication/v1.0/login", headers={"Authorization": f"Basic {basic}"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
 
 
 async def wait_until_granted(base: str, *logs: Path) -> None:
