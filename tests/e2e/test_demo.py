@@ -90,7 +90,7 @@ async def test_run_sh_with_xmpp_server_ejabberd_runs_the_demo_on_ejabberd(tmp_pa
 
 async def start_demo(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
     """`bash scripts/run.sh` in its own process group (ctrl_c stops it), stderr to `log`."""
-    with open(log, "wb") as stderr:  # the child keeps its own copy
+    with open(log, "wb") as stderr:  # noqa: ASYNC230 - a local file, once per run; the child keeps its own copy
         return await asyncio.create_subprocess_exec(
             "bash", "scripts/run.sh", cwd=str(REPO), env=env, start_new_session=True,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
