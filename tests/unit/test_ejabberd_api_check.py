@@ -10,6 +10,7 @@ import logging
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from component.config import RosterConfig
 from component.rosters import GRANTED, UNAVAILABLE
@@ -24,10 +25,10 @@ def quick_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ejabberd_api, "RECHECK_S", 0.05)
 
 
-async def api_answering(answers: list[tuple[int, object]]) -> tuple[web.AppRunner, str, list[str]]:
-    """An HTTP API on a free loopback port: each call gets the next of `answers`, then
-    200 `[]` (an empty roster); returns the runner, the API's URL and the commands called."""
-    calls: list[str] = []
+def api_answering(answers: list[tuple[int, object]], calls: list[str]) -> TestServer:
+    """An HTTP API on a free loopback port (aiohttp's TestServer, started by `async
+    with`): each call is recorded in `calls` and gets the next of `answers`, then 200 `[]`
+    (an empty roster)."""
 
     async def command(request: web.Request) -> web.Response:
         calls.append(request.match_info["command"])
@@ -36,12 +37,7 @@ async def api_answering(answers: list[tuple[int, object]]) -> tuple[web.AppRunne
 
     app = web.Application()
     app.router.add_post("/api/{command}", command)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}/api", calls
+    return TestServer(app)
 
 
 def backend(url: str, granted: asyncio.Event) -> EjabberdApiRosters:
@@ -50,49 +46,49 @@ def backend(url: str, granted: asyncio.Event) -> EjabberdApiRosters:
 
 
 async def test_a_check_answered_with_an_error_is_logged_and_asked_again(caplog: pytest.LogCaptureFixture) -> None:
-    runner, url, calls = await api_answering([(500, {"message": "mnesia is not ready"})] * 2)
+    calls: list[str] = []
     granted = asyncio.Event()
-    rosters = backend(url, granted)
-    try:
-        with caplog.at_level(logging.INFO, logger="component.xmpp.ejabberd_api"):
-            await rosters.session_started()
-            assert rosters.status == UNAVAILABLE
-            async with asyncio.timeout(10):
-                await granted.wait()
-        assert rosters.status == GRANTED
-        assert calls == ["get_roster"] * 3
-        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-        assert len(warnings) == 1, warnings  # once per change, not once per try
-        assert "get_roster answered HTTP 500: mnesia is not ready" in warnings[0], warnings
-    finally:
-        await rosters.close()
-        await runner.cleanup()
+    async with api_answering([(500, {"message": "mnesia is not ready"})] * 2, calls) as api:
+        rosters = backend(str(api.make_url("/api")), granted)
+        try:
+            with caplog.at_level(logging.INFO, logger="component.xmpp.ejabberd_api"):
+                await rosters.session_started()
+                assert rosters.status == UNAVAILABLE
+                async with asyncio.timeout(10):
+                    await granted.wait()
+        finally:
+            await rosters.close()
+    assert rosters.status == GRANTED
+    assert calls == ["get_roster"] * 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # once per change, not once per try
+    assert "get_roster answered HTTP 500: mnesia is not ready" in warnings[0], warnings
 
 
 async def test_an_unexpected_error_in_the_check_does_not_end_the_checking(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner, url, calls = await api_answering([])
+    calls: list[str] = []
     granted = asyncio.Event()
-    rosters = backend(url, granted)
-    real_call = rosters._call
-    failures = [ZeroDivisionError("a bug")]
+    async with api_answering([], calls) as api:
+        rosters = backend(str(api.make_url("/api")), granted)
+        real_call = rosters._call
+        failures = [ZeroDivisionError("a bug")]
 
-    async def call_failing_once(command: str, args: dict[str, str]) -> object:
-        if failures:
-            raise failures.pop()
-        return await real_call(command, args)
+        async def call_failing_once(command: str, args: dict[str, str]) -> object:
+            if failures:
+                raise failures.pop()
+            return await real_call(command, args)
 
-    monkeypatch.setattr(rosters, "_call", call_failing_once)
-    try:
-        with caplog.at_level(logging.INFO, logger="component.xmpp.ejabberd_api"):
-            await rosters.session_started()  # does not raise: the session goes on
-            assert rosters.status == UNAVAILABLE
-            async with asyncio.timeout(10):
-                await granted.wait()
-        assert rosters.status == GRANTED and calls == ["get_roster"]
-        errors = [r for r in caplog.records if r.levelname == "ERROR"]
-        assert len(errors) == 1 and errors[0].exc_info is not None, caplog.records
-    finally:
-        await rosters.close()
-        await runner.cleanup()
+        monkeypatch.setattr(rosters, "_call", call_failing_once)
+        try:
+            with caplog.at_level(logging.INFO, logger="component.xmpp.ejabberd_api"):
+                await rosters.session_started()  # does not raise: the session goes on
+                assert rosters.status == UNAVAILABLE
+                async with asyncio.timeout(10):
+                    await granted.wait()
+        finally:
+            await rosters.close()
+    assert rosters.status == GRANTED and calls == ["get_roster"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None, caplog.records
