@@ -231,7 +231,7 @@ class Service:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or Clock()
-        self.db = database_for(config.storage.target, config.storage.pool_size)
+        self.db = database_for(config.storage.target, config.storage.pool_size, config.storage.read_cache_mb)
         served = config.component.served_domains()
         verifier = XmppPasswordVerifier(
             config.auth.c2s_host,
@@ -499,7 +499,7 @@ async def resync(config: Config) -> int:
     """Queue every granted roster direction (and the removal of stale ones) in the
     database's outbox; the service delivers them (a running one within
     `outbox_poll_s`)."""
-    db = database_for(config.storage.target, config.storage.pool_size)
+    db = database_for(config.storage.target, config.storage.pool_size, config.storage.read_cache_mb)
     await db.open()
     try:
         report = await Rosters(db, Clock(), config.component.jid).resync()

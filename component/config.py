@@ -106,6 +106,8 @@ class StorageConfig:
     url: str = field(default="", metadata=SECRET)
     # PostgreSQL only: connections of this instance's pool.
     pool_size: int = field(default=10, metadata=between(2, 1000))
+    # SQLite only: the page cache of the connection that serves reads, in MB.
+    read_cache_mb: int = field(default=8, metadata=between(1, 4096))
 
     @property
     def target(self) -> str:

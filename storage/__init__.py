@@ -12,7 +12,7 @@ import sqlite3
 from typing import Any
 
 from storage.conn import BodyAwaitedOutside, Conn
-from storage.db import Database, SchemaTooNew
+from storage.db import DEFAULT_READ_CACHE_MB, Database, SchemaTooNew
 
 if TYPE_CHECKING:
     from storage.postgres import PostgresDatabase
@@ -35,11 +35,14 @@ def is_postgres_url(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
 
 
-def database_for(target: str, pool_size: int = 10) -> Database | PostgresDatabase:
-    """The database at `target`: a postgresql:// URL, or else the path of a SQLite file.
-    Both have the same surface (open, write, read, close, state...)."""
+def database_for(
+    target: str, pool_size: int = 10, read_cache_mb: int = DEFAULT_READ_CACHE_MB
+) -> Database | PostgresDatabase:
+    """The database at `target`: a postgresql:// URL (`pool_size` connections), or else
+    the path of a SQLite file (`read_cache_mb`: its reader's page cache). Both have the
+    same surface (open, write, read, close, state...)."""
     if is_postgres_url(target):
         from storage.postgres import PostgresDatabase
 
         return PostgresDatabase(target, pool_size)
-    return Database(target)
+    return Database(target, read_cache_mb)

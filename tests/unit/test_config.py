@@ -266,6 +266,7 @@ def test_the_example_config_loads_and_documents_every_key() -> None:
         ("sharing", "max_expire_s", 0, "from 1 to"),
         ("logging", "level", "LOUD", "one of DEBUG, INFO, WARNING, ERROR"),
         ("storage", "path", "", "non-empty"),
+        ("storage", "read_cache_mb", 0, "from 1 to 4096"),
         ("roster", "backend", "prosody", "one of xep0356, ejabberd_api, none"),
         ("roster", "ejabberd_api_timeout_s", 0, "from 0.1 to 600"),
     ],

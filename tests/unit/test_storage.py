@@ -23,7 +23,7 @@ from component.model import (
     User,
     new_object_id,
 )
-from storage import Conn, Database, IntegrityError, SchemaTooNew
+from storage import Conn, Database, IntegrityError, SchemaTooNew, database_for
 from storage import presence_requests, tokens
 from storage.migrations import UPGRADES
 from unit_rig import TOKEN_TTL_S
@@ -64,6 +64,25 @@ async def test_reopening_a_migrated_database_changes_nothing(db_path: Path) -> N
             assert (await cur.fetchone())[0] == 1
     finally:
         await again.close()
+
+
+async def _cache_size(conn: Conn) -> int:
+    async with conn.execute("PRAGMA cache_size") as cur:
+        return (await cur.fetchone())[0]
+
+
+@pytest.mark.parametrize(("read_cache_mb", "kib"), [(None, 8 * 1024), (3, 3 * 1024)])
+async def test_the_reader_gets_the_configured_page_cache(db_path: Path, read_cache_mb: int | None, kib: int) -> None:
+    # SQLite's own default (2 MB) made a page of a 1M-row database miss on nearly every
+    # page (storage/db.py, _PRAGMAS); `[storage] read_cache_mb` sets it, 8 by default.
+    # The writer keeps SQLite's default (-2000: 2,000 KiB).
+    db = database_for(str(db_path)) if read_cache_mb is None else database_for(str(db_path), read_cache_mb=read_cache_mb)
+    await db.open()
+    try:
+        assert await db.read(_cache_size) == -kib  # negative: in KiB
+        assert await db.write(_cache_size) == -2000
+    finally:
+        await db.close()
 
 
 async def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
