@@ -234,6 +234,7 @@ async def list_latencies(targets: dict[str, tuple[str, str, str]], n: int, warmu
     headers = {label: {"Authorization": f"Bearer {token}"} for label, (_b, _u, token) in targets.items()}
     out: dict[str, list[float]] = {label: [] for label in targets}
     labels = list(targets)
+    page = min(limit, 200)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=len(labels))) as http:
         for i in range(warmup + n):
             for label in labels if i % 2 == 0 else labels[::-1]:
@@ -244,9 +245,9 @@ async def list_latencies(targets: dict[str, tuple[str, str, str]], n: int, warmu
                 if resp.status != 200:
                     raise BenchError(f"list received ({label}) -> {resp.status} {raw[:200]!r}")
                 body = json.loads(raw)
-                if body["total"] != 200 or len(body["data"]) != min(limit, 200):
+                if body["total"] != 200 or len(body["data"]) != page:
                     raise BenchError(f"list received ({label}): total {body['total']}, page {len(body['data'])};"
-                                     f" expected 200, {min(limit, 200)}")
+                                     f" expected 200, {page}")
                 if i >= warmup:
                     out[label].append(took)
     return out
@@ -1045,12 +1046,11 @@ async def fig_stored(b: Bench) -> None:
         targets = {label: (services[label].base_url, dbs[label].measured_user_id, dbs[label].measured_token)
                    for label in dbs}
         for rep in range(b.reps):
-            turn = {label: targets[label] for label in b.order(rep, "small", "large")}
-            lat = await list_latencies(turn, b.size["latency_requests"], warmup=20)
+            lat = await list_latencies(targets, b.size["latency_requests"], warmup=20)
             for label, samples in lat.items():
                 p50s[label].append(percentile(samples, 0.50))
                 p99s[label].append(percentile(samples, 0.99))
-            lat = await list_latencies(turn, b.size["latency_requests"], warmup=20, limit=200)
+            lat = await list_latencies(targets, b.size["latency_requests"], warmup=20, limit=200)
             for label, samples in lat.items():
                 whole[label].append(percentile(samples, 0.50))
             say(f"list round {rep + 1}/{b.reps}: {rows_label(small_n)} p50 {p50s['small'][-1]:.2f} "
